@@ -1,0 +1,136 @@
+//! Settings shared by services and proxies, with nameko's defaults.
+
+use crate::connection::{AmqpUri, ConnectOptions};
+use crate::error::ConnectError;
+use crate::wire;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How often and how long to retry a connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Wait after the first failure; doubles after each one.
+    pub initial: Duration,
+    /// Longest wait between attempts.
+    pub max: Duration,
+    /// Give up after this many attempts; `None` retries until shutdown.
+    pub attempts: Option<u32>,
+}
+
+impl RetryPolicy {
+    /// Retry until shutdown, waiting 0.5 s, 1 s, 2 s … up to 30 s.
+    pub fn forever() -> Self {
+        RetryPolicy {
+            initial: Duration::from_millis(500),
+            max: Duration::from_secs(30),
+            attempts: None,
+        }
+    }
+
+    /// One attempt, no retry: for command-line tools.
+    pub fn once() -> Self {
+        RetryPolicy {
+            attempts: Some(1),
+            ..Self::forever()
+        }
+    }
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self::forever()
+    }
+}
+
+/// Settings of a service or a proxy. Defaults are nameko's.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The broker (`AMQP_URI`).
+    pub amqp_uri: AmqpUri,
+    /// RPC exchange (`rpc_exchange`, default `nameko-rpc`); callers and
+    /// services must agree.
+    pub rpc_exchange: String,
+    /// Calls a service runs at once and its per-consumer prefetch
+    /// (`max_workers`, default 10).
+    pub max_workers: usize,
+    /// Parents kept in a call-id stack (`parent_calls_tracked`, default 10).
+    pub parent_calls_tracked: usize,
+    /// Heartbeat asked of the broker, in seconds (`HEARTBEAT`, default 60).
+    pub heartbeat: u16,
+    /// Default timeout of a call made through a proxy (default 30 s).
+    pub rpc_timeout: Duration,
+    /// Largest request body a service accepts (default 1 MiB); larger ones
+    /// get a MalformedRequest reply.
+    pub max_request_bytes: usize,
+    /// Publish requests, replies and events persistent (delivery mode 2, as
+    /// nameko does). Transient messages are cheaper for the broker; nameko
+    /// peers do not look at the mode.
+    pub persistent: bool,
+    /// Retries of the first connection and of reconnections.
+    pub connect_retry: RetryPolicy,
+    /// CA certificate (PEM) for `amqps` brokers outside the system's trust.
+    pub tls_ca_file: Option<PathBuf>,
+    /// How long a stopping service waits for running calls before it gives
+    /// up on them (their requests then go back to the queue).
+    pub shutdown_timeout: Duration,
+}
+
+/// The broker nameko's command line uses when given none.
+pub const DEFAULT_AMQP_URI: &str = "amqp://guest:guest@localhost:5672/%2f";
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            amqp_uri: DEFAULT_AMQP_URI
+                .parse()
+                .unwrap_or_else(|_| unreachable!("the default URI parses")),
+            rpc_exchange: wire::DEFAULT_RPC_EXCHANGE.to_owned(),
+            max_workers: 10,
+            parent_calls_tracked: 10,
+            heartbeat: 60,
+            rpc_timeout: Duration::from_secs(30),
+            max_request_bytes: 1 << 20,
+            persistent: true,
+            connect_retry: RetryPolicy::forever(),
+            tls_ca_file: None,
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Config {
+    /// Defaults with the given broker URI.
+    pub fn new(amqp_uri: &str) -> Result<Self, ConnectError> {
+        Ok(Config {
+            amqp_uri: amqp_uri.parse()?,
+            ..Config::default()
+        })
+    }
+
+    /// The AMQP delivery mode messages are published with.
+    pub fn delivery_mode(&self) -> u8 {
+        if self.persistent {
+            wire::PERSISTENT
+        } else {
+            wire::TRANSIENT
+        }
+    }
+
+    pub(crate) fn connect_options(&self, connection_name: String) -> ConnectOptions {
+        ConnectOptions {
+            heartbeat: self.heartbeat,
+            retry: self.connect_retry.clone(),
+            connection_name,
+            tls_ca_file: self.tls_ca_file.clone(),
+        }
+    }
+
+    /// max_workers as nameko reads it: 0 means the default, 10.
+    pub(crate) fn workers(&self) -> usize {
+        if self.max_workers == 0 {
+            10
+        } else {
+            self.max_workers
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! The context of one call: who is calling (the call-id stack), the
+//! `nameko.*` data that travels with the call, and the way to call other
+//! services on its behalf so that both propagate.
+
+use crate::config::Config;
+use crate::error::CallError;
+use crate::proxy::{Args, PendingCall, RpcProxy};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+
+/// What every entrypoint of a running service shares: its name, its config,
+/// and the proxy its handlers call other services through (created on first
+/// use, so services that never call out declare no reply queue).
+pub(crate) struct ServiceRuntime {
+    pub(crate) name: String,
+    pub(crate) config: Config,
+    proxy: OnceCell<RpcProxy>,
+    pub(crate) shutdown: CancellationToken,
+}
+
+impl ServiceRuntime {
+    pub(crate) fn new(name: String, config: Config, shutdown: CancellationToken) -> Self {
+        ServiceRuntime {
+            name,
+            config,
+            proxy: OnceCell::new(),
+            shutdown,
+        }
+    }
+
+    pub(crate) async fn proxy(&self) -> Result<&RpcProxy, CallError> {
+        self.proxy
+            .get_or_try_init(|| RpcProxy::for_service(&self.name, self.config.clone(), self.shutdown.child_token()))
+            .await
+            .map_err(|e| CallError::NotConnected(e.to_string()))
+    }
+
+    pub(crate) async fn close(&self) {
+        if let Some(proxy) = self.proxy.get() {
+            proxy.close().await;
+        }
+    }
+}
+
+/// The context a handler runs in.
+///
+/// Cheap to clone. Read the caller's data with [`Context::data`], and call
+/// other services with [`Context::rpc`], which sends this call's id stack and
+/// data along, as a nameko worker does.
+#[derive(Clone)]
+pub struct Context {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    runtime: Arc<ServiceRuntime>,
+    entrypoint: String,
+    call_id: String,
+    call_id_stack: Vec<String>,
+    data: BTreeMap<String, Value>,
+    correlation_id: Option<String>,
+    redelivered: bool,
+}
+
+/// Facts about the message that started a call, beyond its context.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Origin {
+    pub(crate) correlation_id: Option<String>,
+    pub(crate) redelivered: bool,
+}
+
+impl Context {
+    pub(crate) fn new(
+        runtime: Arc<ServiceRuntime>,
+        entrypoint: &str,
+        parent_stack: Vec<String>,
+        data: BTreeMap<String, Value>,
+        origin: Origin,
+    ) -> Self {
+        let call_id = crate::wire::new_call_id(&runtime.name, entrypoint);
+        let call_id_stack = extend_stack(parent_stack, call_id.clone(), runtime.config.parent_calls_tracked);
+        Context {
+            inner: Arc::new(Inner {
+                runtime,
+                entrypoint: entrypoint.to_owned(),
+                call_id,
+                call_id_stack,
+                data,
+                correlation_id: origin.correlation_id,
+                redelivered: origin.redelivered,
+            }),
+        }
+    }
+
+    /// The service this call runs in.
+    pub fn service_name(&self) -> &str {
+        &self.inner.runtime.name
+    }
+
+    /// The method, timer or handler being run.
+    pub fn entrypoint(&self) -> &str {
+        &self.inner.entrypoint
+    }
+
+    /// This call's id: `{service}.{entrypoint}.{uuid4}`.
+    pub fn call_id(&self) -> &str {
+        &self.inner.call_id
+    }
+
+    /// The callers' ids, oldest first, ending with this call's own id;
+    /// capped at `parent_calls_tracked + 1` entries.
+    pub fn call_id_stack(&self) -> &[String] {
+        &self.inner.call_id_stack
+    }
+
+    /// The id of the call that made this one, if any.
+    pub fn parent_call_id(&self) -> Option<&str> {
+        let stack = &self.inner.call_id_stack;
+        stack.len().checked_sub(2).map(|i| stack[i].as_str())
+    }
+
+    /// Context data from the caller's headers (`nameko.` prefix removed;
+    /// other headers under their full name).
+    pub fn data(&self) -> &BTreeMap<String, Value> {
+        &self.inner.data
+    }
+
+    /// One context entry, e.g. `user_id`, `auth_token`, `language`.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.inner.data.get(key)
+    }
+
+    /// The request's correlation id: unique per call from nameko clients and
+    /// ours, and the same when the broker redelivers the request, so it
+    /// identifies a retried request.
+    pub fn correlation_id(&self) -> Option<&str> {
+        self.inner.correlation_id.as_deref()
+    }
+
+    /// Whether the broker delivered this request before (to a consumer that
+    /// did not acknowledge it).
+    pub fn redelivered(&self) -> bool {
+        self.inner.redelivered
+    }
+
+    /// The service's settings.
+    pub fn config(&self) -> &Config {
+        &self.inner.runtime.config
+    }
+
+    /// Calls other services on behalf of this call: the requests carry this
+    /// call's id stack and context data.
+    pub fn rpc(&self) -> ContextProxy {
+        ContextProxy {
+            ctx: self.clone(),
+            timeout: None,
+        }
+    }
+
+    pub(crate) fn runtime(&self) -> &Arc<ServiceRuntime> {
+        &self.inner.runtime
+    }
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("call_id", &self.inner.call_id)
+            .field("call_id_stack", &self.inner.call_id_stack)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Appends `own` to the parent stack and keeps the newest `tracked + 1`.
+pub(crate) fn extend_stack(mut parent: Vec<String>, own: String, tracked: usize) -> Vec<String> {
+    parent.push(own);
+    let keep = tracked + 1;
+    if parent.len() > keep {
+        parent.drain(..parent.len() - keep);
+    }
+    parent
+}
+
+/// Calls made from inside a handler; see [`Context::rpc`].
+#[derive(Clone, Debug)]
+pub struct ContextProxy {
+    ctx: Context,
+    timeout: Option<Duration>,
+}
+
+impl ContextProxy {
+    /// Uses this timeout instead of the configured `rpc_timeout`.
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    async fn proxy(&self) -> Result<RpcProxy, CallError> {
+        let proxy = self.ctx.runtime().proxy().await?;
+        let proxy = proxy.with_context(self.ctx.call_id_stack().to_vec(), self.ctx.data().clone());
+        Ok(match self.timeout {
+            Some(t) => proxy.with_timeout(t),
+            None => proxy,
+        })
+    }
+
+    /// Calls `service.method` and waits for the result.
+    pub async fn call(&self, service: &str, method: &str, args: Args) -> Result<Value, CallError> {
+        self.proxy().await?.call(service, method, args).await
+    }
+
+    /// Publishes the call and returns at once; collect the result later with
+    /// [`PendingCall::result`].
+    pub async fn call_async(&self, service: &str, method: &str, args: Args) -> Result<PendingCall, CallError> {
+        self.proxy().await?.call_async(service, method, args).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stack_is_capped_from_the_oldest_end() {
+        let parents: Vec<String> = (0..15).map(|i| format!("s{i}")).collect();
+        let stack = extend_stack(parents, "me".into(), 10);
+        assert_eq!(stack.len(), 11);
+        assert_eq!(stack.first().map(String::as_str), Some("s5"));
+        assert_eq!(stack.last().map(String::as_str), Some("me"));
+        assert_eq!(extend_stack(vec![], "me".into(), 10), vec!["me".to_owned()]);
+    }
+}

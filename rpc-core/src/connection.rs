@@ -150,7 +150,11 @@ impl FromStr for AmqpUri {
         let tls = match scheme.as_str() {
             "amqp" | "pyamqp" => false,
             "amqps" => true,
-            other => return Err(bad(&format!("unsupported scheme {other:?}; use amqp, amqps or pyamqp"))),
+            other => {
+                return Err(bad(&format!(
+                    "unsupported scheme {other:?}; use amqp, amqps or pyamqp"
+                )))
+            }
         };
         let (rest, query) = match rest.split_once('?') {
             Some((r, q)) => (r, Some(q)),
@@ -176,7 +180,9 @@ impl FromStr for AmqpUri {
         };
         let default_port = if tls { 5671 } else { 5672 };
         let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
-            let (h, after) = v6.split_once(']').ok_or_else(|| bad("unclosed [ in host"))?;
+            let (h, after) = v6
+                .split_once(']')
+                .ok_or_else(|| bad("unclosed [ in host"))?;
             let port = match after.strip_prefix(':') {
                 Some(p) => p.parse().map_err(|_| bad("invalid port"))?,
                 None if after.is_empty() => default_port,
@@ -196,7 +202,11 @@ impl FromStr for AmqpUri {
         };
         // kombu: strip one leading "/", percent-decode, empty means "/".
         let vhost = percent_decode(path.strip_prefix('/').unwrap_or(path)).map_err(|e| bad(&e))?;
-        let vhost = if vhost.is_empty() { "/".to_owned() } else { vhost };
+        let vhost = if vhost.is_empty() {
+            "/".to_owned()
+        } else {
+            vhost
+        };
         let mut uri = AmqpUri {
             scheme,
             tls,
@@ -212,7 +222,10 @@ impl FromStr for AmqpUri {
         };
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let num = |v: &str| v.parse::<u64>().map_err(|_| bad(&format!("{k} must be a number")));
+            let num = |v: &str| {
+                v.parse::<u64>()
+                    .map_err(|_| bad(&format!("{k} must be a number")))
+            };
             match k {
                 "heartbeat" => uri.heartbeat = Some(num(v)?.min(u64::from(u16::MAX)) as u16),
                 "connection_timeout" => uri.connection_timeout_ms = Some(num(v)?),
@@ -399,7 +412,10 @@ mod tests {
         let u = parse("amqp://broker");
         assert_eq!((u.username(), u.password.as_str()), ("guest", "guest"));
         let u = parse("amqp://us%40er:p%3Ass@[::1]:5673/?heartbeat=5");
-        assert_eq!((u.username(), u.password.as_str(), u.host(), u.port()), ("us@er", "p:ss", "::1", 5673));
+        assert_eq!(
+            (u.username(), u.password.as_str(), u.host(), u.port()),
+            ("us@er", "p:ss", "::1", 5673)
+        );
         assert_eq!(u.heartbeat(), Some(5));
         assert_eq!(u.endpoint(), "[::1]:5673");
         assert!("http://x".parse::<AmqpUri>().is_err());
@@ -411,7 +427,10 @@ mod tests {
         let u = parse("amqp://app:hunter2@h:5672/v");
         assert_eq!(u.to_string(), "amqp://app@h:5672/v");
         assert!(!format!("{u:?}").contains("hunter2"));
-        let err = "amqp://app:hunter2@h:bad/".parse::<AmqpUri>().unwrap_err().to_string();
+        let err = "amqp://app:hunter2@h:bad/"
+            .parse::<AmqpUri>()
+            .unwrap_err()
+            .to_string();
         assert!(!err.contains("hunter2"), "{err}");
     }
 }

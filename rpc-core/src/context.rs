@@ -34,7 +34,9 @@ impl ServiceRuntime {
 
     pub(crate) async fn proxy(&self) -> Result<&RpcProxy, CallError> {
         self.proxy
-            .get_or_try_init(|| RpcProxy::for_service(&self.name, self.config.clone(), self.shutdown.child_token()))
+            .get_or_try_init(|| {
+                RpcProxy::for_service(&self.name, self.config.clone(), self.shutdown.child_token())
+            })
             .await
             .map_err(|e| CallError::NotConnected(e.to_string()))
     }
@@ -82,7 +84,11 @@ impl Context {
         origin: Origin,
     ) -> Self {
         let call_id = crate::wire::new_call_id(&runtime.name, entrypoint);
-        let call_id_stack = extend_stack(parent_stack, call_id.clone(), runtime.config.parent_calls_tracked);
+        let call_id_stack = extend_stack(
+            parent_stack,
+            call_id.clone(),
+            runtime.config.parent_calls_tracked,
+        );
         Context {
             inner: Arc::new(Inner {
                 runtime,
@@ -216,7 +222,12 @@ impl ContextProxy {
 
     /// Publishes the call and returns at once; collect the result later with
     /// [`PendingCall::result`].
-    pub async fn call_async(&self, service: &str, method: &str, args: Args) -> Result<PendingCall, CallError> {
+    pub async fn call_async(
+        &self,
+        service: &str,
+        method: &str,
+        args: Args,
+    ) -> Result<PendingCall, CallError> {
         self.proxy().await?.call_async(service, method, args).await
     }
 }

@@ -80,7 +80,11 @@ impl RpcError {
 
     /// nameko's `MethodNotFound(method)`.
     pub fn method_not_found(method: &str) -> Self {
-        Self::new("MethodNotFound", exc_path::METHOD_NOT_FOUND, vec![method.into()])
+        Self::new(
+            "MethodNotFound",
+            exc_path::METHOD_NOT_FOUND,
+            vec![method.into()],
+        )
     }
 
     /// nameko's `MalformedRequest(message)`.
@@ -103,8 +107,12 @@ impl RpcError {
 
     /// nameko's `UnserializableValueError`, whose args are empty.
     pub fn unserializable(detail: &str) -> Self {
-        Self::new("UnserializableValueError", exc_path::UNSERIALIZABLE_VALUE, vec![])
-            .with_value(format!("Unserializable value: `{detail}`"))
+        Self::new(
+            "UnserializableValueError",
+            exc_path::UNSERIALIZABLE_VALUE,
+            vec![],
+        )
+        .with_value(format!("Unserializable value: `{detail}`"))
     }
 
     /// An argument of the wrong type: args are `[param, message]`.
@@ -143,7 +151,12 @@ impl RpcError {
 
     /// The error object this error is sent as.
     pub fn to_error_object(&self) -> ErrorObject {
-        ErrorObject::new(&self.exc_type, &self.exc_path, &self.args, self.value.as_deref())
+        ErrorObject::new(
+            &self.exc_type,
+            &self.exc_path,
+            &self.args,
+            self.value.as_deref(),
+        )
     }
 }
 
@@ -151,7 +164,12 @@ impl fmt::Display for RpcError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.value {
             Some(v) => write!(f, "{}: {}", self.exc_type, v),
-            None => write!(f, "{}: {}", self.exc_type, python::exception_str(&self.args)),
+            None => write!(
+                f,
+                "{}: {}",
+                self.exc_type,
+                python::exception_str(&self.args)
+            ),
         }
     }
 }

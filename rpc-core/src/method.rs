@@ -88,7 +88,12 @@ impl Signature {
     /// Binds a call's arguments to the parameters, Python-style: positional
     /// first, then keywords, then defaults. Returns one value per parameter,
     /// or the `IncorrectSignature` error Python would raise.
-    pub fn bind(&self, method: &str, args: Vec<Value>, kwargs: Map<String, Value>) -> Result<Vec<Value>, RpcError> {
+    pub fn bind(
+        &self,
+        method: &str,
+        args: Vec<Value>,
+        kwargs: Map<String, Value>,
+    ) -> Result<Vec<Value>, RpcError> {
         let n = self.params.len();
         if args.len() > n {
             let required = self.params.iter().filter(|p| p.default.is_none()).count();
@@ -179,7 +184,8 @@ pub trait FromArgs: Sized + Send + 'static {
     /// Number of parameters.
     const ARITY: usize;
     /// Converts the bound values (one per parameter, in order).
-    fn from_args(method: &str, names: &[String], values: Vec<Value>) -> Result<Self, ArgumentError>;
+    fn from_args(method: &str, names: &[String], values: Vec<Value>)
+        -> Result<Self, ArgumentError>;
 }
 
 impl FromArgs for () {
@@ -236,8 +242,11 @@ pub(crate) enum HandlerFailure {
     Unserializable(String),
 }
 
-pub(crate) type ErasedHandler =
-    Arc<dyn Fn(Context, Vec<Value>) -> BoxFuture<'static, Result<Vec<u8>, HandlerFailure>> + Send + Sync>;
+pub(crate) type ErasedHandler = Arc<
+    dyn Fn(Context, Vec<Value>) -> BoxFuture<'static, Result<Vec<u8>, HandlerFailure>>
+        + Send
+        + Sync,
+>;
 
 /// A registered method: its signature and its type-erased handler, which
 /// returns the encoded reply body so the result is serialised only once.
@@ -271,8 +280,11 @@ impl Method {
             let handler = Arc::clone(&handler);
             async move {
                 let args = args.map_err(HandlerFailure::Argument)?;
-                let result = handler(ctx, args).await.map_err(|e| HandlerFailure::Raised(e.into()))?;
-                crate::wire::encode_ok_reply(&result).map_err(|e| HandlerFailure::Unserializable(e.to_string()))
+                let result = handler(ctx, args)
+                    .await
+                    .map_err(|e| HandlerFailure::Raised(e.into()))?;
+                crate::wire::encode_ok_reply(&result)
+                    .map_err(|e| HandlerFailure::Unserializable(e.to_string()))
             }
             .boxed()
         });
@@ -304,25 +316,67 @@ mod tests {
 
     #[test]
     fn binds_like_python() {
-        assert_eq!(sig().bind("f", vec![json!(1), json!(2)], kw(json!({}))).unwrap(), vec![json!(1), json!(2), json!(1)]);
-        assert_eq!(sig().bind("f", vec![json!(1)], kw(json!({"b": 5, "c": 9}))).unwrap(), vec![json!(1), json!(5), json!(9)]);
-        assert_eq!(sig().bind("f", vec![], kw(json!({"b": 5, "a": 4}))).unwrap(), vec![json!(4), json!(5), json!(1)]);
+        assert_eq!(
+            sig()
+                .bind("f", vec![json!(1), json!(2)], kw(json!({})))
+                .unwrap(),
+            vec![json!(1), json!(2), json!(1)]
+        );
+        assert_eq!(
+            sig()
+                .bind("f", vec![json!(1)], kw(json!({"b": 5, "c": 9})))
+                .unwrap(),
+            vec![json!(1), json!(5), json!(9)]
+        );
+        assert_eq!(
+            sig()
+                .bind("f", vec![], kw(json!({"b": 5, "a": 4})))
+                .unwrap(),
+            vec![json!(4), json!(5), json!(1)]
+        );
     }
 
     #[test]
     fn python_error_texts() {
-        assert_eq!(err(sig().bind("f", vec![json!(1)], kw(json!({})))), "f() missing 1 required positional argument: 'b'");
-        assert_eq!(err(sig().bind("f", vec![], kw(json!({})))), "f() missing 2 required positional arguments: 'a' and 'b'");
-        let three = Signature::new().param("a").param("b").param("c");
-        assert_eq!(err(three.bind("g", vec![], kw(json!({})))), "g() missing 3 required positional arguments: 'a', 'b', and 'c'");
-        assert_eq!(err(sig().bind("f", vec![json!(1), json!(2)], kw(json!({"d": 1})))), "f() got an unexpected keyword argument 'd'");
-        assert_eq!(err(sig().bind("f", vec![json!(1), json!(2)], kw(json!({"a": 1})))), "f() got multiple values for argument 'a'");
         assert_eq!(
-            err(sig().bind("f", vec![json!(1), json!(2), json!(3), json!(4)], kw(json!({})))),
+            err(sig().bind("f", vec![json!(1)], kw(json!({})))),
+            "f() missing 1 required positional argument: 'b'"
+        );
+        assert_eq!(
+            err(sig().bind("f", vec![], kw(json!({})))),
+            "f() missing 2 required positional arguments: 'a' and 'b'"
+        );
+        let three = Signature::new().param("a").param("b").param("c");
+        assert_eq!(
+            err(three.bind("g", vec![], kw(json!({})))),
+            "g() missing 3 required positional arguments: 'a', 'b', and 'c'"
+        );
+        assert_eq!(
+            err(sig().bind("f", vec![json!(1), json!(2)], kw(json!({"d": 1})))),
+            "f() got an unexpected keyword argument 'd'"
+        );
+        assert_eq!(
+            err(sig().bind("f", vec![json!(1), json!(2)], kw(json!({"a": 1})))),
+            "f() got multiple values for argument 'a'"
+        );
+        assert_eq!(
+            err(sig().bind(
+                "f",
+                vec![json!(1), json!(2), json!(3), json!(4)],
+                kw(json!({}))
+            )),
             "f() takes from 2 to 3 positional arguments but 4 were given"
         );
-        assert_eq!(err(Signature::new().param("x").bind("h", vec![json!(1), json!(2)], kw(json!({})))), "h() takes 1 positional argument but 2 were given");
-        assert_eq!(err(Signature::new().bind("k", vec![json!(1)], kw(json!({})))), "k() takes 0 positional arguments but 1 was given");
+        assert_eq!(
+            err(Signature::new()
+                .param("x")
+                .bind("h", vec![json!(1), json!(2)], kw(json!({})))),
+            "h() takes 1 positional argument but 2 were given"
+        );
+        assert_eq!(
+            err(Signature::new().bind("k", vec![json!(1)], kw(json!({})))),
+            "k() takes 0 positional arguments but 1 was given"
+        );
     }
 
     #[test]

@@ -22,8 +22,8 @@ use crate::error::{CallError, ConnectError};
 use crate::wire::{self, RequestBody};
 use futures::StreamExt;
 use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Confirmation, Connection, Consumer, ExchangeKind};
@@ -83,12 +83,20 @@ impl Args {
         let args = match args {
             Value::Array(a) => a,
             Value::Null => Vec::new(),
-            other => return Err(format!("positional arguments must be a JSON list, got {other}")),
+            other => {
+                return Err(format!(
+                    "positional arguments must be a JSON list, got {other}"
+                ))
+            }
         };
         let kwargs = match kwargs {
             Value::Object(k) => k,
             Value::Null => Map::new(),
-            other => return Err(format!("keyword arguments must be a JSON object, got {other}")),
+            other => {
+                return Err(format!(
+                    "keyword arguments must be a JSON object, got {other}"
+                ))
+            }
         };
         Ok(Args(RequestBody { args, kwargs }))
     }
@@ -113,7 +121,9 @@ struct Pending {
 impl Pending {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<ReplyEvent>>> {
         // A panic while holding this lock leaves the map consistent.
-        self.calls.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.calls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn insert(&self, id: String, tx: oneshot::Sender<ReplyEvent>) {
@@ -127,7 +137,11 @@ impl Pending {
     fn fail_all(&self, reason: &str) {
         let calls: Vec<_> = self.lock().drain().collect();
         if !calls.is_empty() {
-            tracing::warn!(calls = calls.len(), reason, "failing calls in flight on a lost connection");
+            tracing::warn!(
+                calls = calls.len(),
+                reason,
+                "failing calls in flight on a lost connection"
+            );
         }
         for (_, tx) in calls {
             let _ = tx.send(ReplyEvent::Lost(reason.to_owned()));
@@ -220,11 +234,19 @@ impl RpcProxy {
 
     /// The proxy a service's handlers call through; its reply queue is
     /// `rpc.reply-{service}-{uuid}` as nameko's in-service proxy.
-    pub(crate) async fn for_service(service: &str, config: Config, stop: CancellationToken) -> Result<Self, ConnectError> {
+    pub(crate) async fn for_service(
+        service: &str,
+        config: Config,
+        stop: CancellationToken,
+    ) -> Result<Self, ConnectError> {
         Self::start(service, config, stop).await
     }
 
-    async fn start(caller: &str, config: Config, stop: CancellationToken) -> Result<Self, ConnectError> {
+    async fn start(
+        caller: &str,
+        config: Config,
+        stop: CancellationToken,
+    ) -> Result<Self, ConnectError> {
         let reply_key = uuid::Uuid::new_v4().to_string();
         let reply_queue = wire::reply_queue(caller, &reply_key);
         let options = config.connect_options(format!("{caller} rpc proxy"));
@@ -277,7 +299,11 @@ impl RpcProxy {
         }
     }
 
-    pub(crate) fn with_context(&self, call_id_stack: Vec<String>, data: BTreeMap<String, Value>) -> Self {
+    pub(crate) fn with_context(
+        &self,
+        call_id_stack: Vec<String>,
+        data: BTreeMap<String, Value>,
+    ) -> Self {
         RpcProxy {
             call_id_stack: Arc::new(call_id_stack),
             data: Arc::new(data),
@@ -306,14 +332,27 @@ impl RpcProxy {
     }
 
     /// Calls and deserialises the result into `T`.
-    pub async fn call_as<T: DeserializeOwned>(&self, service: &str, method: &str, args: Args) -> Result<T, CallError> {
-        self.call_async(service, method, args).await?.result_as().await
+    pub async fn call_as<T: DeserializeOwned>(
+        &self,
+        service: &str,
+        method: &str,
+        args: Args,
+    ) -> Result<T, CallError> {
+        self.call_async(service, method, args)
+            .await?
+            .result_as()
+            .await
     }
 
     /// Publishes the call and returns once the broker has accepted it,
     /// without waiting for the result (nameko's `call_async`). Start several,
     /// then collect them in any order with [`PendingCall::result`].
-    pub async fn call_async(&self, service: &str, method: &str, args: Args) -> Result<PendingCall, CallError> {
+    pub async fn call_async(
+        &self,
+        service: &str,
+        method: &str,
+        args: Args,
+    ) -> Result<PendingCall, CallError> {
         let deadline = Instant::now() + self.timeout;
         let timed_out = || CallError::Timeout {
             service: service.to_owned(),
@@ -331,7 +370,11 @@ impl RpcProxy {
         };
         let channel = match tokio::time::timeout_at(deadline, self.channel()).await {
             Ok(channel) => channel?,
-            Err(_) => return Err(self.down_reason().map_or_else(timed_out, CallError::NotConnected)),
+            Err(_) => {
+                return Err(self
+                    .down_reason()
+                    .map_or_else(timed_out, CallError::NotConnected))
+            }
         };
         let headers = wire::write_context(&self.call_id_stack, &self.data);
         let props = wire::request_properties(
@@ -362,7 +405,9 @@ impl RpcProxy {
                 .map_err(lost)?;
             confirm.await.map_err(lost)
         };
-        let confirmation = tokio::time::timeout_at(deadline, publish).await.map_err(|_| timed_out())??;
+        let confirmation = tokio::time::timeout_at(deadline, publish)
+            .await
+            .map_err(|_| timed_out())??;
         match confirmation {
             Confirmation::Ack(None) | Confirmation::NotRequested => {}
             Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
@@ -372,7 +417,9 @@ impl RpcProxy {
                     CallError::Publish(format!("{} {}", returned.reply_code, returned.reply_text))
                 });
             }
-            Confirmation::Nack(None) => return Err(CallError::Publish("the broker nacked the request".into())),
+            Confirmation::Nack(None) => {
+                return Err(CallError::Publish("the broker nacked the request".into()))
+            }
         }
         tracing::trace!(%correlation_id, service, method, "request published");
         Ok(PendingCall {
@@ -517,7 +564,10 @@ async fn setup(
         .await
         .map_err(refused("the RPC exchange declaration"))?;
     let mut args = FieldTable::default();
-    args.insert("x-expires".into(), AMQPValue::LongInt(wire::REPLY_QUEUE_EXPIRES_MS));
+    args.insert(
+        "x-expires".into(),
+        AMQPValue::LongInt(wire::REPLY_QUEUE_EXPIRES_MS),
+    );
     consume
         .queue_declare(
             reply_queue.into(),
@@ -608,7 +658,11 @@ impl Supervisor {
             };
             match delivery {
                 Some(Ok(delivery)) => {
-                    let id = delivery.properties.correlation_id().as_ref().map(|s| s.as_str());
+                    let id = delivery
+                        .properties
+                        .correlation_id()
+                        .as_ref()
+                        .map(|s| s.as_str());
                     match id.and_then(|id| self.pending.remove(id)) {
                         Some(tx) => {
                             let _ = tx.send(ReplyEvent::Body(delivery.data));
@@ -626,10 +680,13 @@ impl Supervisor {
     }
 
     async fn reconnect(&self) -> Option<(Connection, Consumer)> {
-        let options = self.config.connect_options(format!("{} rpc proxy", self.reply_queue));
+        let options = self
+            .config
+            .connect_options(format!("{} rpc proxy", self.reply_queue));
         let mut delay = self.config.connect_retry.initial;
         loop {
-            let conn = match connection::connect(&self.config.amqp_uri, &options, &self.stop).await {
+            let conn = match connection::connect(&self.config.amqp_uri, &options, &self.stop).await
+            {
                 Ok(conn) => conn,
                 Err(e) => {
                     tracing::error!(error = %e, "rpc proxy gave up reconnecting");
@@ -660,7 +717,10 @@ impl Supervisor {
     async fn clean_up(&self, conn: &Connection) {
         if let Ok(channel) = conn.create_channel().await {
             if let Err(e) = channel
-                .queue_delete(self.reply_queue.as_str().into(), QueueDeleteOptions::default())
+                .queue_delete(
+                    self.reply_queue.as_str().into(),
+                    QueueDeleteOptions::default(),
+                )
                 .await
             {
                 tracing::debug!(error = %e, "could not delete the reply queue; it expires in 5 minutes");

@@ -29,7 +29,8 @@ use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, Consumer, ExchangeKind};
@@ -78,7 +79,12 @@ impl ServiceBuilder {
     /// If the signature and the tuple have different lengths: a programming
     /// error, caught when the service is built.
     #[must_use]
-    pub fn method<Args, R, E, F, Fut>(mut self, name: &str, signature: Signature, handler: F) -> Self
+    pub fn method<Args, R, E, F, Fut>(
+        mut self,
+        name: &str,
+        signature: Signature,
+        handler: F,
+    ) -> Self
     where
         Args: FromArgs,
         F: Fn(Context, Args) -> Fut + Send + Sync + 'static,
@@ -86,7 +92,8 @@ impl ServiceBuilder {
         R: Serialize + Send + 'static,
         E: Into<RpcError> + Send + 'static,
     {
-        self.methods.insert(name.to_owned(), Method::new(name, signature, handler));
+        self.methods
+            .insert(name.to_owned(), Method::new(name, signature, handler));
         self
     }
 
@@ -116,7 +123,10 @@ impl ServiceBuilder {
     /// [`RpcError::invalid_argument`]); a service with its own validation
     /// error can answer with that instead.
     #[must_use]
-    pub fn on_invalid_argument(mut self, map: impl Fn(&ArgumentError) -> RpcError + Send + Sync + 'static) -> Self {
+    pub fn on_invalid_argument(
+        mut self,
+        map: impl Fn(&ArgumentError) -> RpcError + Send + Sync + 'static,
+    ) -> Self {
         self.on_invalid_argument = Arc::new(map);
         self
     }
@@ -224,7 +234,9 @@ impl Service {
             name: name.to_owned(),
             methods: HashMap::new(),
             timers: Vec::new(),
-            on_invalid_argument: Arc::new(|e: &ArgumentError| RpcError::invalid_argument(&e.method, &e.param, &e.message)),
+            on_invalid_argument: Arc::new(|e: &ArgumentError| {
+                RpcError::invalid_argument(&e.method, &e.param, &e.message)
+            }),
         }
     }
 
@@ -261,27 +273,44 @@ impl Service {
         }
     }
 
-    async fn run_reporting(self, config: Config, stop: CancellationToken, state: watch::Sender<State>) -> Result<(), ServiceError> {
+    async fn run_reporting(
+        self,
+        config: Config,
+        stop: CancellationToken,
+        state: watch::Sender<State>,
+    ) -> Result<(), ServiceError> {
         let name = self.def.name.clone();
         for candidate in [wire::rpc_queue(&name), wire::rpc_binding_key(&name)] {
             if let Err(e) = wire::short_string(&candidate) {
                 return Err(ServiceError::InvalidName(name, e.to_string()));
             }
         }
-        let runtime = Arc::new(ServiceRuntime::new(name.clone(), config.clone(), stop.child_token()));
+        let runtime = Arc::new(ServiceRuntime::new(
+            name.clone(),
+            config.clone(),
+            stop.child_token(),
+        ));
         let tracker = TaskTracker::new();
         for entry in &self.def.timers {
-            tracker.spawn(timer::run(entry.clone(), Arc::clone(&runtime), stop.clone()));
+            tracker.spawn(timer::run(
+                entry.clone(),
+                Arc::clone(&runtime),
+                stop.clone(),
+            ));
         }
         let result = if self.def.methods.is_empty() {
             state.send_replace(State::Ready);
             stop.cancelled().await;
             Ok(())
         } else {
-            self.consume_until_stopped(&config, &runtime, &tracker, &stop, &state).await
+            self.consume_until_stopped(&config, &runtime, &tracker, &stop, &state)
+                .await
         };
         tracker.close();
-        if tokio::time::timeout(config.shutdown_timeout, tracker.wait()).await.is_err() {
+        if tokio::time::timeout(config.shutdown_timeout, tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::error!(
                 service = %name,
                 running = tracker.len(),
@@ -335,14 +364,19 @@ impl Service {
                 max_workers = config.workers(),
                 "consuming"
             );
-            let end = self.consume(session, runtime, tracker, &workers, stop).await;
+            let end = self
+                .consume(session, runtime, tracker, &workers, stop)
+                .await;
             match end {
                 SessionEnd::Stopped { consume } => {
                     // Keep the connection open until every call in flight has
                     // published its reply and acked its request (nameko's
                     // stop skips those acks: §12).
                     tracker.close();
-                    if tokio::time::timeout(config.shutdown_timeout, tracker.wait()).await.is_err() {
+                    if tokio::time::timeout(config.shutdown_timeout, tracker.wait())
+                        .await
+                        .is_err()
+                    {
                         tracing::error!(service = %self.def.name, "shutdown timeout with calls still running");
                     }
                     let _ = consume.close(200, "OK".into()).await;
@@ -357,10 +391,17 @@ impl Service {
         }
     }
 
-    async fn open_session(&self, conn: &Connection, config: &Config) -> Result<Session, SetupError> {
+    async fn open_session(
+        &self,
+        conn: &Connection,
+        config: &Config,
+    ) -> Result<Session, SetupError> {
         let name = &self.def.name;
         let queue = wire::rpc_queue(name);
-        let consume = conn.create_channel().await.map_err(SetupError::from_lapin("opening a channel"))?;
+        let consume = conn
+            .create_channel()
+            .await
+            .map_err(SetupError::from_lapin("opening a channel"))?;
         consume
             .exchange_declare(
                 config.rpc_exchange.as_str().into(),
@@ -409,7 +450,10 @@ impl Service {
             )
             .await
             .map_err(SetupError::from_lapin("consuming the service queue"))?;
-        let publish = conn.create_channel().await.map_err(SetupError::from_lapin("opening a channel"))?;
+        let publish = conn
+            .create_channel()
+            .await
+            .map_err(SetupError::from_lapin("opening a channel"))?;
         publish
             .confirm_select(ConfirmSelectOptions::default())
             .await
@@ -442,7 +486,10 @@ impl Service {
                 d = session.consumer.next() => d,
             };
             match next {
-                Some(Ok(delivery)) => self.dispatch(delivery, &session, runtime, tracker, workers).await,
+                Some(Ok(delivery)) => {
+                    self.dispatch(delivery, &session, runtime, tracker, workers)
+                        .await
+                }
                 Some(Err(e)) => return SessionEnd::Lost(e.to_string()),
                 None => return SessionEnd::Lost("the broker cancelled the consumer".into()),
             }
@@ -456,9 +503,12 @@ impl Service {
             tracing::warn!(error = %e, "cancelling the consumer failed");
         }
         while let Some(Ok(delivery)) = session.consumer.next().await {
-            self.dispatch(delivery, &session, runtime, tracker, workers).await;
+            self.dispatch(delivery, &session, runtime, tracker, workers)
+                .await;
         }
-        SessionEnd::Stopped { consume: session.consume }
+        SessionEnd::Stopped {
+            consume: session.consume,
+        }
     }
 
     async fn dispatch(
@@ -545,10 +595,19 @@ impl Call {
             .to_owned();
         let incoming = wire::read_context(props.headers().as_ref());
         let origin = Origin {
-            correlation_id: props.correlation_id().as_ref().map(|c| c.as_str().to_owned()),
+            correlation_id: props
+                .correlation_id()
+                .as_ref()
+                .map(|c| c.as_str().to_owned()),
             redelivered: delivery.redelivered,
         };
-        let ctx = Context::new(Arc::clone(&self.runtime), &method, incoming.call_id_stack, incoming.data, origin);
+        let ctx = Context::new(
+            Arc::clone(&self.runtime),
+            &method,
+            incoming.call_id_stack,
+            incoming.data,
+            origin,
+        );
         let span = tracing::info_span!(
             "rpc",
             service = %self.def.name,
@@ -582,7 +641,12 @@ impl Call {
 
     /// Runs the request, or says why it cannot run. The flag tells an error
     /// the handler raised (expected) from one about the request itself.
-    async fn execute(&self, ctx: &Context, method: &str, delivery: &Delivery) -> Result<Vec<u8>, (RpcError, bool)> {
+    async fn execute(
+        &self,
+        ctx: &Context,
+        method: &str,
+        delivery: &Delivery,
+    ) -> Result<Vec<u8>, (RpcError, bool)> {
         let props = &delivery.properties;
         let request = wire::decode_request(
             props.content_type().as_ref().map(|c| c.as_str()),
@@ -600,10 +664,15 @@ impl Call {
             .signature
             .bind(method, request.args, request.kwargs)
             .map_err(|e| (e, false))?;
-        match AssertUnwindSafe((entry.handler)(ctx.clone(), values)).catch_unwind().await {
+        match AssertUnwindSafe((entry.handler)(ctx.clone(), values))
+            .catch_unwind()
+            .await
+        {
             Ok(Ok(body)) => Ok(body),
             Ok(Err(HandlerFailure::Raised(e))) => Err((e, true)),
-            Ok(Err(HandlerFailure::Argument(e))) => Err(((self.def.on_invalid_argument)(&e), false)),
+            Ok(Err(HandlerFailure::Argument(e))) => {
+                Err(((self.def.on_invalid_argument)(&e), false))
+            }
             Ok(Err(HandlerFailure::Unserializable(detail))) => {
                 tracing::error!(detail = %detail, "the method's result cannot be serialised");
                 Err((RpcError::unserializable(&detail), false))
@@ -616,7 +685,9 @@ impl Call {
                     .unwrap_or_default();
                 tracing::error!(panic = %text, "the method panicked");
                 Err((
-                    RpcError::internal("the method failed unexpectedly; the service log has the details"),
+                    RpcError::internal(
+                        "the method failed unexpectedly; the service log has the details",
+                    ),
                     false,
                 ))
             }
@@ -632,7 +703,8 @@ impl Call {
             self.ack(delivery).await;
             return;
         };
-        let reply_props = wire::reply_properties(props.correlation_id().as_ref(), self.replies.delivery_mode);
+        let reply_props =
+            wire::reply_properties(props.correlation_id().as_ref(), self.replies.delivery_mode);
         let published = self
             .replies
             .channel
@@ -654,7 +726,11 @@ impl Call {
                 // The broker refused to take the reply: give the request back
                 // so that it is answered again rather than never.
                 tracing::error!("the broker nacked the reply; requeueing the request");
-                if let Err(e) = delivery.acker.reject(BasicRejectOptions { requeue: true }).await {
+                if let Err(e) = delivery
+                    .acker
+                    .reject(BasicRejectOptions { requeue: true })
+                    .await
+                {
                     tracing::error!(error = %e, "requeueing the request failed");
                 }
             }

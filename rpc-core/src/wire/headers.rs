@@ -94,9 +94,15 @@ pub fn amqp_to_json(value: &AMQPValue) -> Value {
         AMQPValue::Double(f) => float(*f),
         AMQPValue::DecimalValue(d) => float(f64::from(d.value) / 10f64.powi(i32::from(d.scale))),
         AMQPValue::ShortString(s) => Value::String(s.as_str().to_owned()),
-        AMQPValue::LongString(s) => Value::String(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::ByteArray(b) => Value::String(String::from_utf8_lossy(b.as_slice()).into_owned()),
-        AMQPValue::FieldArray(items) => Value::Array(items.as_slice().iter().map(amqp_to_json).collect()),
+        AMQPValue::LongString(s) => {
+            Value::String(String::from_utf8_lossy(s.as_bytes()).into_owned())
+        }
+        AMQPValue::ByteArray(b) => {
+            Value::String(String::from_utf8_lossy(b.as_slice()).into_owned())
+        }
+        AMQPValue::FieldArray(items) => {
+            Value::Array(items.as_slice().iter().map(amqp_to_json).collect())
+        }
         AMQPValue::FieldTable(table) => Value::Object(
             table
                 .into_iter()
@@ -127,9 +133,9 @@ pub fn json_to_amqp(value: &Value) -> AMQPValue {
             }
         }
         Value::String(s) => AMQPValue::LongString(LongString::from(s.as_bytes())),
-        Value::Array(items) => {
-            AMQPValue::FieldArray(FieldArray::from(items.iter().map(json_to_amqp).collect::<Vec<_>>()))
-        }
+        Value::Array(items) => AMQPValue::FieldArray(FieldArray::from(
+            items.iter().map(json_to_amqp).collect::<Vec<_>>(),
+        )),
         Value::Object(map) => {
             let mut table = FieldTable::default();
             for (k, v) in map {
@@ -171,10 +177,18 @@ mod tests {
         data.insert("x-other".to_owned(), json!(7));
         let t = write_context(&["s.m.1".to_owned()], &data);
         let m = t.inner();
-        assert!(matches!(m.get("nameko.user_id"), Some(AMQPValue::LongString(_))));
-        assert!(matches!(m.get("nameko.x-other"), Some(AMQPValue::LongInt(7))));
+        assert!(matches!(
+            m.get("nameko.user_id"),
+            Some(AMQPValue::LongString(_))
+        ));
+        assert!(matches!(
+            m.get("nameko.x-other"),
+            Some(AMQPValue::LongInt(7))
+        ));
         assert!(!m.contains_key("nameko.gone"));
-        assert!(matches!(m.get("nameko.call_id_stack"), Some(AMQPValue::FieldArray(a)) if a.as_slice().len() == 1));
+        assert!(
+            matches!(m.get("nameko.call_id_stack"), Some(AMQPValue::FieldArray(a)) if a.as_slice().len() == 1)
+        );
     }
 
     #[test]

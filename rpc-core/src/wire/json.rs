@@ -43,7 +43,11 @@ impl Formatter for KombuFormatter {
         w.write_all(b": ")
     }
 
-    fn write_string_fragment<W: ?Sized + Write>(&mut self, w: &mut W, fragment: &str) -> io::Result<()> {
+    fn write_string_fragment<W: ?Sized + Write>(
+        &mut self,
+        w: &mut W,
+        fragment: &str,
+    ) -> io::Result<()> {
         if fragment.is_ascii() {
             return w.write_all(fragment.as_bytes());
         }
@@ -62,7 +66,11 @@ impl Formatter for KombuFormatter {
         w.write_all(&fragment.as_bytes()[start..])
     }
 
-    fn write_char_escape<W: ?Sized + Write>(&mut self, w: &mut W, escape: CharEscape) -> io::Result<()> {
+    fn write_char_escape<W: ?Sized + Write>(
+        &mut self,
+        w: &mut W,
+        escape: CharEscape,
+    ) -> io::Result<()> {
         // Same escapes as Python's json module: short forms where it has them.
         let s: &[u8] = match escape {
             CharEscape::Quote => b"\\\"",

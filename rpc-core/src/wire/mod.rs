@@ -243,7 +243,9 @@ pub fn decode_reply(body: &[u8]) -> Result<Result<Value, ErrorObject>, WireError
                 value: text("value"),
             }))
         }
-        other => Err(WireError::Reply(format!("`error` is not an object: {other}"))),
+        other => Err(WireError::Reply(format!(
+            "`error` is not an object: {other}"
+        ))),
     }
 }
 
@@ -263,7 +265,10 @@ pub fn request_properties(
 
 /// Properties of a reply (§6): empty headers, the request's correlation id
 /// (omitted when the request had none), no `reply_to`.
-pub fn reply_properties(correlation_id: Option<&ShortString>, delivery_mode: u8) -> BasicProperties {
+pub fn reply_properties(
+    correlation_id: Option<&ShortString>,
+    delivery_mode: u8,
+) -> BasicProperties {
     let props = json_properties(delivery_mode).with_headers(FieldTable::default());
     match correlation_id {
         Some(id) => props.with_correlation_id(id.clone()),
@@ -293,7 +298,12 @@ mod tests {
 
     #[test]
     fn request_rules() {
-        let ok = decode_request(Some("application/json"), Some("utf-8"), br#"{"args": [1], "kwargs": {"b": 2}}"#, LIMIT);
+        let ok = decode_request(
+            Some("application/json"),
+            Some("utf-8"),
+            br#"{"args": [1], "kwargs": {"b": 2}}"#,
+            LIMIT,
+        );
         assert_eq!(
             ok,
             Ok(RequestBody {
@@ -310,14 +320,22 @@ mod tests {
             Err(WireError::MissingArgs)
         );
         assert_eq!(
-            decode_request(Some("application/json"), None, br#"{"args": {}, "kwargs": {}}"#, LIMIT),
+            decode_request(
+                Some("application/json"),
+                None,
+                br#"{"args": {}, "kwargs": {}}"#,
+                LIMIT
+            ),
             Err(WireError::ArgsShape)
         );
         assert!(matches!(
             decode_request(Some("text/plain"), None, b"{}", LIMIT),
             Err(WireError::ContentType(_))
         ));
-        assert!(matches!(decode_request(None, None, b"{}", LIMIT), Err(WireError::ContentType(_))));
+        assert!(matches!(
+            decode_request(None, None, b"{}", LIMIT),
+            Err(WireError::ContentType(_))
+        ));
         assert!(matches!(
             decode_request(Some("application/json"), Some("utf-16"), b"{}", LIMIT),
             Err(WireError::ContentEncoding(_))
@@ -327,14 +345,25 @@ mod tests {
             Err(WireError::Json(_))
         ));
         assert!(matches!(
-            decode_request(Some("application/json"), None, br#"{"args": [NaN], "kwargs": {}}"#, LIMIT),
+            decode_request(
+                Some("application/json"),
+                None,
+                br#"{"args": [NaN], "kwargs": {}}"#,
+                LIMIT
+            ),
             Err(WireError::Json(_))
         ));
         assert_eq!(
             decode_request(Some("application/json"), None, &[b' '; 11], 10),
             Err(WireError::TooLarge { len: 11, limit: 10 })
         );
-        assert!(decode_request(Some("application/json; charset=utf-8"), Some("UTF8"), br#"{"args": [], "kwargs": {}}"#, LIMIT).is_ok());
+        assert!(decode_request(
+            Some("application/json; charset=utf-8"),
+            Some("UTF8"),
+            br#"{"args": [], "kwargs": {}}"#,
+            LIMIT
+        )
+        .is_ok());
     }
 
     #[test]
@@ -351,7 +380,12 @@ mod tests {
         let body = encode_ok_reply(&json!(3)).unwrap();
         assert_eq!(body, br#"{"result": 3, "error": null}"#);
         assert_eq!(decode_reply(&body), Ok(Ok(json!(3))));
-        let err = ErrorObject::new("MethodNotFound", "nameko.exceptions.MethodNotFound", &[json!("nosuch")], None);
+        let err = ErrorObject::new(
+            "MethodNotFound",
+            "nameko.exceptions.MethodNotFound",
+            &[json!("nosuch")],
+            None,
+        );
         let body = encode_error_reply(&err);
         assert_eq!(decode_reply(&body), Ok(Err(err)));
         assert!(decode_reply(b"[]").is_err());

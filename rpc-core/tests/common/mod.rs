@@ -1,0 +1,166 @@
+//! A small service with one method per behaviour the tests need, started on
+//! a unique name against the real broker.
+
+#![allow(dead_code)]
+
+use rpc_core::{
+    json, Config, Context, RpcError, RpcProxy, Service, ServiceHandle, Signature, Value,
+};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use test_support::Cleanup;
+use tokio::sync::mpsc;
+
+pub fn config() -> Config {
+    let mut config = Config::new(&test_support::require_broker()).expect("AMQP_URI parses");
+    config.rpc_timeout = Duration::from_secs(10);
+    config
+}
+
+/// What the `slow` method records: how often each value ran, and an event
+/// each time one starts.
+#[derive(Clone)]
+pub struct Probe {
+    pub runs: Arc<Mutex<HashMap<String, usize>>>,
+    pub started: mpsc::UnboundedSender<String>,
+}
+
+impl Probe {
+    pub fn new() -> (Self, mpsc::UnboundedReceiver<String>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (
+            Probe {
+                runs: Arc::default(),
+                started: tx,
+            },
+            rx,
+        )
+    }
+
+    pub fn runs(&self) -> HashMap<String, usize> {
+        self.runs.lock().unwrap().clone()
+    }
+}
+
+pub fn calc_service(name: &str, probe: Probe) -> Service {
+    Service::builder(name)
+        .method(
+            "add",
+            Signature::new().param("a").param("b"),
+            |_ctx: Context, (a, b): (i64, i64)| async move { Ok::<_, RpcError>(a + b) },
+        )
+        .method(
+            "greet",
+            Signature::new().param("name").optional("greeting", "Hello"),
+            |_ctx: Context, (name, greeting): (String, String)| async move {
+                Ok::<_, RpcError>(format!("{greeting}, {name}"))
+            },
+        )
+        .method(
+            "echo",
+            Signature::new().param("value"),
+            |_ctx: Context, (value,): (Value,)| async move { Ok::<_, RpcError>(value) },
+        )
+        .method(
+            "slow",
+            Signature::new().param("value").param("ms"),
+            move |_ctx: Context, (value, ms): (Value, u64)| {
+                let probe = probe.clone();
+                async move {
+                    let key = value.to_string();
+                    let _ = probe.started.send(key.clone());
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    *probe.runs.lock().unwrap().entry(key).or_default() += 1;
+                    Ok::<_, RpcError>(value)
+                }
+            },
+        )
+        .method(
+            "fail",
+            Signature::new().param("message"),
+            |_ctx: Context, (message,): (String,)| async move {
+                Err::<(), _>(RpcError::new(
+                    "CalcError",
+                    "calc.exceptions.CalcError",
+                    vec![message.into(), 42.into()],
+                ))
+            },
+        )
+        .method(
+            "explode",
+            Signature::new(),
+            |_ctx: Context, (): ()| async move {
+                if true {
+                    panic!("boom");
+                }
+                Ok::<(), RpcError>(())
+            },
+        )
+        .method(
+            "unserializable",
+            Signature::new(),
+            |_ctx: Context, (): ()| async move {
+                let mut map = HashMap::new();
+                map.insert((1, 2), 3);
+                Ok::<_, RpcError>(map)
+            },
+        )
+        .method("ctx", Signature::new(), |ctx: Context, (): ()| async move {
+            Ok::<_, RpcError>(json!({
+                "call_id": ctx.call_id(),
+                "stack": ctx.call_id_stack(),
+                "data": ctx.data(),
+                "correlation_id": ctx.correlation_id(),
+            }))
+        })
+        .method(
+            "chain",
+            Signature::new().param("target"),
+            |ctx: Context, (target,): (String,)| async move {
+                let remote = ctx
+                    .rpc()
+                    .call(&target, "ctx", rpc_core::Args::new())
+                    .await
+                    .map_err(|e| RpcError::internal(e.to_string()))?;
+                Ok::<_, RpcError>(json!({"mine": ctx.call_id_stack(), "remote": remote}))
+            },
+        )
+        .build()
+}
+
+/// A running calc service with its own queue, deleted at the end.
+pub struct Running {
+    pub name: String,
+    pub handle: Option<ServiceHandle>,
+    pub cleanup: Cleanup,
+}
+
+pub async fn start_calc(config: &Config, probe: Probe) -> Running {
+    let name = test_support::unique_name("calc");
+    start_named(&name, config, probe).await
+}
+
+pub async fn start_named(name: &str, config: &Config, probe: Probe) -> Running {
+    let mut handle = calc_service(name, probe).spawn(config.clone());
+    handle.ready().await.expect("calc service starts");
+    Running {
+        name: name.to_owned(),
+        handle: Some(handle),
+        cleanup: Cleanup::new().service(name),
+    }
+}
+
+impl Running {
+    pub async fn stop(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            handle.shutdown().await.expect("service stops cleanly");
+        }
+    }
+}
+
+pub async fn proxy(config: &Config) -> RpcProxy {
+    RpcProxy::connect(config.clone())
+        .await
+        .expect("proxy connects")
+}

@@ -1,0 +1,298 @@
+//! Bad requests published by hand: each gets a clear error reply when it has
+//! a `reply_to`, is acked either way, and the service keeps serving.
+
+mod common;
+
+use common::{config, proxy, start_calc, Probe};
+use futures::StreamExt;
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Connection, ConnectionProperties, Consumer};
+use rpc_core::error::exc_path;
+use rpc_core::wire;
+use rpc_core::{json, Args, Value};
+use std::time::Duration;
+
+struct Raw {
+    conn: Connection,
+    channel: lapin::Channel,
+    reply_key: String,
+    replies: Consumer,
+}
+
+impl Raw {
+    async fn new() -> Raw {
+        let conn =
+            Connection::connect(&test_support::broker_uri(), ConnectionProperties::default())
+                .await
+                .unwrap();
+        let channel = conn.create_channel().await.unwrap();
+        let reply_key = uuid::Uuid::new_v4().to_string();
+        let q = format!("test-replies-{reply_key}");
+        channel
+            .queue_declare(
+                q.as_str().into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        channel
+            .queue_bind(
+                q.as_str().into(),
+                "nameko-rpc".into(),
+                reply_key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let replies = channel
+            .basic_consume(
+                q.as_str().into(),
+                "t".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        Raw {
+            conn,
+            channel,
+            reply_key,
+            replies,
+        }
+    }
+
+    fn props(&self, correlation_id: &str) -> BasicProperties {
+        BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_reply_to(self.reply_key.as_str().into())
+            .with_correlation_id(correlation_id.into())
+    }
+
+    async fn publish(&self, routing_key: &str, body: &[u8], props: BasicProperties) {
+        self.channel
+            .basic_publish(
+                "nameko-rpc".into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                body,
+                props,
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
+    /// The next reply: (correlation id, decoded body).
+    async fn reply(&mut self) -> (Option<String>, Result<Value, wire::ErrorObject>) {
+        let d = tokio::time::timeout(Duration::from_secs(10), self.replies.next())
+            .await
+            .expect("a reply within 10 s")
+            .expect("consumer open")
+            .expect("delivery");
+        assert_eq!(
+            d.properties
+                .content_type()
+                .as_ref()
+                .map(ShortString::as_str),
+            Some("application/json")
+        );
+        let corr = d
+            .properties
+            .correlation_id()
+            .as_ref()
+            .map(|c| c.as_str().to_owned());
+        (corr, wire::decode_reply(&d.data).expect("a nameko reply"))
+    }
+}
+
+fn expect_error(
+    reply: (Option<String>, Result<Value, wire::ErrorObject>),
+    corr: &str,
+    path: &str,
+) -> wire::ErrorObject {
+    assert_eq!(reply.0.as_deref(), Some(corr));
+    match reply.1 {
+        Err(e) => {
+            assert_eq!(e.exc_path, path, "{e:?}");
+            e
+        }
+        Ok(v) => panic!("expected {path}, got result {v}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_error_replies_and_are_acked() {
+    let mut config = config();
+    config.max_request_bytes = 64 * 1024;
+    let (probe, _) = Probe::new();
+    let mut svc = start_calc(&config, probe).await;
+    let mut raw = Raw::new().await;
+    let rk = format!("{}.add", svc.name);
+
+    raw.publish(&rk, b"this is not json", raw.props("c1")).await;
+    let e = expect_error(raw.reply().await, "c1", exc_path::MALFORMED_REQUEST);
+    assert!(e.value.contains("not valid JSON"), "{}", e.value);
+
+    raw.publish(&rk, br#"{"args": [1, 2]}"#, raw.props("c2"))
+        .await;
+    let e = expect_error(raw.reply().await, "c2", exc_path::MALFORMED_REQUEST);
+    assert_eq!(e.value, "Message missing `args` or `kwargs`");
+
+    raw.publish(&rk, br#"[1, 2]"#, raw.props("c3")).await;
+    expect_error(raw.reply().await, "c3", exc_path::MALFORMED_REQUEST);
+
+    raw.publish(&rk, br#"{"args": 1, "kwargs": []}"#, raw.props("c4"))
+        .await;
+    expect_error(raw.reply().await, "c4", exc_path::MALFORMED_REQUEST);
+
+    raw.publish(
+        &rk,
+        br#"{"args": [1, 2], "kwargs": {}}"#,
+        raw.props("c5").with_content_type("text/plain".into()),
+    )
+    .await;
+    let e = expect_error(raw.reply().await, "c5", exc_path::MALFORMED_REQUEST);
+    assert!(e.value.contains("text/plain"), "{}", e.value);
+
+    raw.publish(&rk, b"\xff\xfe{\"args\": []}", raw.props("c6"))
+        .await;
+    expect_error(raw.reply().await, "c6", exc_path::MALFORMED_REQUEST);
+
+    let huge = format!(
+        r#"{{"args": ["{}", 1], "kwargs": {{}}}}"#,
+        "x".repeat(100_000)
+    );
+    raw.publish(&rk, huge.as_bytes(), raw.props("c7")).await;
+    let e = expect_error(raw.reply().await, "c7", exc_path::MALFORMED_REQUEST);
+    assert!(e.value.contains("limit is 65536"), "{}", e.value);
+
+    let deep = format!(
+        r#"{{"args": [{}1{}], "kwargs": {{}}}}"#,
+        "[".repeat(5000),
+        "]".repeat(5000)
+    );
+    raw.publish(&rk, deep.as_bytes(), raw.props("c8")).await;
+    expect_error(raw.reply().await, "c8", exc_path::MALFORMED_REQUEST);
+
+    // Missing content type: refused with a reply (nameko's container dies).
+    raw.publish(
+        &rk,
+        br#"{"args": [1, 2], "kwargs": {}}"#,
+        BasicProperties::default()
+            .with_reply_to(raw.reply_key.as_str().into())
+            .with_correlation_id("c9".into()),
+    )
+    .await;
+    expect_error(raw.reply().await, "c9", exc_path::MALFORMED_REQUEST);
+
+    // No correlation id: still answered, without one.
+    raw.publish(
+        &rk,
+        br#"{"args": [1, 2], "kwargs": {}}"#,
+        BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_reply_to(raw.reply_key.as_str().into()),
+    )
+    .await;
+    let (corr, result) = raw.reply().await;
+    assert_eq!((corr, result), (None, Ok(json!(3))));
+
+    // No reply_to, valid and invalid: run or refused, acked, nothing sent.
+    raw.publish(
+        &rk,
+        br#"{"args": [1, 2], "kwargs": {}}"#,
+        BasicProperties::default().with_content_type("application/json".into()),
+    )
+    .await;
+    raw.publish(&rk, b"garbage", BasicProperties::default())
+        .await;
+
+    // A header table a Python client would never send still parses.
+    let mut headers = FieldTable::default();
+    headers.insert("nameko.call_id_stack".into(), AMQPValue::LongInt(5));
+    headers.insert(
+        "weird".into(),
+        AMQPValue::ByteArray(vec![0xff, 0x00].into()),
+    );
+    raw.publish(
+        &rk,
+        br#"{"args": [2, 2], "kwargs": {}}"#,
+        raw.props("c10").with_headers(headers),
+    )
+    .await;
+    assert_eq!(raw.reply().await, (Some("c10".to_owned()), Ok(json!(4))));
+
+    // Everything was acked: the queue is empty and the service still works.
+    let p = proxy(&config).await;
+    assert_eq!(
+        p.call(&svc.name, "add", Args::new().arg(20).arg(22))
+            .await
+            .unwrap(),
+        json!(42)
+    );
+    let q = raw
+        .channel
+        .queue_declare(
+            wire::rpc_queue(&svc.name).as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(q.message_count(), 0);
+    // Nothing more arrived for the requests without reply_to.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), raw.replies.next())
+            .await
+            .is_err()
+    );
+
+    p.close().await;
+    let _ = raw.conn.close(200, "OK".into()).await;
+    svc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_call_id_stack_is_capped_at_parent_calls_tracked_plus_one() {
+    let config = config();
+    let (probe, _) = Probe::new();
+    let mut svc = start_calc(&config, probe).await;
+    let mut raw = Raw::new().await;
+    let parents: Vec<String> = (0..15).map(|i| format!("s{i}")).collect();
+    let mut data = std::collections::BTreeMap::new();
+    data.insert("user_id".to_owned(), json!("u7"));
+    let headers = wire::write_context(&parents, &data);
+    raw.publish(
+        &format!("{}.ctx", svc.name),
+        br#"{"args": [], "kwargs": {}}"#,
+        raw.props("s").with_headers(headers),
+    )
+    .await;
+    let (_, result) = raw.reply().await;
+    let out = result.unwrap();
+    let stack: Vec<String> = serde_json::from_value(out["stack"].clone()).unwrap();
+    assert_eq!(stack.len(), 11);
+    assert_eq!(stack[0], "s5");
+    assert_eq!(stack[9], "s14");
+    assert!(stack[10].starts_with(&format!("{}.ctx.", svc.name)));
+    assert_eq!(out["data"]["user_id"], json!("u7"));
+    assert_eq!(out["correlation_id"], json!("s"));
+    let _ = raw.conn.close(200, "OK".into()).await;
+    svc.stop().await;
+}

@@ -1,1 +1,22 @@
+//! person-service: a database of people (first name, last name, age, club
+//! member) served over nameko-compatible RPC, stored in SQLite.
+//!
+//! # Modules
+//! * [`domain`]: people and their validation rules, shared by every face.
+//! * [`store`]: SQLite, off the async executor: one writer thread with
+//!   group commit, a pool of readers, WAL, durable commits.
+//! * [`rpc`]: the RPC methods over rpc-core, and the errors they send.
+//! * [`settings`]: command line and environment.
+//! * [`app`]: wiring and lifecycle ([`Application::build`], `start`,
+//!   `run_until_stopped`).
+//! * [`telemetry`]: logging.
 
+pub mod app;
+pub mod domain;
+pub mod rpc;
+pub mod settings;
+pub mod store;
+pub mod telemetry;
+
+pub use app::{AppError, Application, RunningApp};
+pub use settings::Settings;

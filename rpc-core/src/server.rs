@@ -199,6 +199,23 @@ impl ServiceHandle {
         }
     }
 
+    /// Waits until the service has stopped, by request or because it could
+    /// not go on (a fatal broker refusal), without consuming the handle.
+    /// Returns the error it stopped with, if any.
+    pub async fn wait_stopped(&mut self) -> Option<ServiceError> {
+        match self
+            .state
+            .wait_for(|s| matches!(s, State::Stopped(_)))
+            .await
+        {
+            Ok(state) => match &*state {
+                State::Stopped(e) => e.clone(),
+                _ => None,
+            },
+            Err(_) => None,
+        }
+    }
+
     /// Asks the service to stop gracefully; see [`ServiceHandle::stopped`].
     pub fn stop(&self) {
         self.stop.cancel();

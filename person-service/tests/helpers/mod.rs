@@ -1,0 +1,102 @@
+//! Spawns an isolated person-service per test: its own service name, its
+//! own SQLite file in a temporary directory, the real broker.
+
+#![allow(dead_code)]
+
+use person_service::{Application, RunningApp, Settings};
+use rpc_core::{Args, CallError, RemoteError, RpcProxy, Value};
+use std::path::PathBuf;
+use std::time::Duration;
+use test_support::Cleanup;
+
+pub struct TestApp {
+    pub name: String,
+    pub proxy: RpcProxy,
+    pub db: PathBuf,
+    pub running: Option<RunningApp>,
+    pub dir: tempfile::TempDir,
+    pub cleanup: Cleanup,
+}
+
+pub async fn spawn_app() -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("person.db");
+    let name = test_support::unique_name("person");
+    let running = start(&name, &db).await;
+    let mut config = rpc_core::Config::new(&test_support::broker_uri()).unwrap();
+    config.rpc_timeout = Duration::from_secs(15);
+    let proxy = RpcProxy::connect(config).await.expect("proxy connects");
+    TestApp {
+        cleanup: Cleanup::new().service(&name),
+        name,
+        proxy,
+        db,
+        running: Some(running),
+        dir,
+    }
+}
+
+/// Starts (or restarts) a person-service called `name` on `db`.
+pub async fn start(name: &str, db: &std::path::Path) -> RunningApp {
+    let uri = test_support::require_broker();
+    let mut settings = Settings::new(&uri, db.to_owned());
+    settings.service_name = name.to_owned();
+    let app = Application::build(settings).await.expect("app builds");
+    let mut running = app.start();
+    running.ready().await.expect("service consumes");
+    running
+}
+
+impl TestApp {
+    pub async fn call(&self, method: &str, args: Args) -> Result<Value, CallError> {
+        self.proxy.call(&self.name, method, args).await
+    }
+
+    pub async fn ok(&self, method: &str, args: Args) -> Value {
+        self.call(method, args)
+            .await
+            .unwrap_or_else(|e| panic!("{method} failed: {e}"))
+    }
+
+    pub async fn remote_err(&self, method: &str, args: Args) -> RemoteError {
+        match self.call(method, args).await {
+            Err(CallError::Remote(e)) => e,
+            other => panic!("{method}: expected a remote error, got {other:?}"),
+        }
+    }
+
+    pub async fn create(&self, first: &str, last: &str, age: i64) -> i64 {
+        self.ok("create", Args::new().arg(first).arg(last).arg(age))
+            .await
+            .as_i64()
+            .expect("create returns an id")
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(running) = self.running.take() {
+            running.shutdown().await.expect("stops cleanly");
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.running = Some(start(&self.name, &self.db).await);
+    }
+
+    pub async fn close(mut self) {
+        self.stop().await;
+        self.proxy.close().await;
+    }
+}
+
+/// Asserts a ValidationError naming `field`.
+pub fn assert_invalid(e: &RemoteError, field: &str) {
+    assert_eq!(e.exc_type, "ValidationError", "{e:?}");
+    assert_eq!(e.exc_path, person_service::rpc::exc_path::VALIDATION_ERROR);
+    assert_eq!(
+        e.exc_args.first().and_then(Value::as_str),
+        Some(field),
+        "{e:?}"
+    );
+    assert!(e.value.starts_with(&format!("{field}: ")), "{e:?}");
+}

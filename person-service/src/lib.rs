@@ -9,7 +9,7 @@
 //! * [`settings`]: command line and environment.
 //! * [`app`]: wiring and lifecycle ([`Application::build`], `start`,
 //!   `run_until_stopped`).
-//! * [`telemetry`]: logging.
+//! * [`telemetry`]: logging, filtered by `RUST_LOG`, as text or JSON.
 
 pub mod app;
 pub mod domain;

@@ -635,17 +635,17 @@ impl Call {
         async move {
             let started = Instant::now();
             let outcome = self.execute(&ctx, &method, &delivery).await;
-            let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+            let elapsed_us = started.elapsed().as_micros() as u64;
             let body = match outcome {
                 Ok(body) => {
-                    tracing::debug!(elapsed_ms, "call succeeded");
+                    tracing::debug!(elapsed_us, "call succeeded");
                     body
                 }
                 Err((error, expected)) => {
                     if expected {
-                        tracing::info!(elapsed_ms, error = %error, "call raised");
+                        tracing::info!(elapsed_us, error = %error, "call raised");
                     } else {
-                        tracing::warn!(elapsed_ms, error = %error, "request refused");
+                        tracing::warn!(elapsed_us, error = %error, "request refused");
                     }
                     wire::encode_error_reply(&error.to_error_object())
                 }

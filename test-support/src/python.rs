@@ -1,8 +1,9 @@
 //! Real Python nameko 2.14.1 for interop tests.
 //!
 //! The first test that needs it creates a venv with nameko pinned (under
-//! `target/nameko-venv`, or `NAMEKO_VENV`), holding a file lock so parallel
-//! test binaries build it once. Later runs reuse it.
+//! `target/nameko-venv`, or `NAMEKO_VENV`) by running `scripts/nameko-venv`,
+//! holding a file lock so parallel test binaries build it once. Later runs
+//! reuse it.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -39,24 +40,12 @@ pub fn python() -> PathBuf {
     let lock = File::create(&lock_path).expect("create the venv lock file");
     lock.lock().expect("lock the venv");
     if !marker.exists() {
-        let base = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned());
+        // One implementation for tests, CI and users: scripts/nameko-venv.
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/nameko-venv");
         run(
-            Command::new(&base).arg("-m").arg("venv").arg(&dir),
-            "create the venv",
+            Command::new("bash").arg(script).arg(&dir),
+            "create the nameko venv",
         );
-        run(
-            Command::new(&python)
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--quiet",
-                    "--disable-pip-version-check",
-                ])
-                .arg(format!("nameko=={NAMEKO_VERSION}")),
-            "install nameko",
-        );
-        std::fs::write(&marker, b"").expect("mark the venv ready");
     }
     let _ = lock.unlock();
     python

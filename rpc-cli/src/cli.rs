@@ -1,0 +1,244 @@
+//! The command line: options shared by every subcommand, and the
+//! subcommands.
+//!
+//! Connection and output options are global, so they can be given before or
+//! after the subcommand, and a future `shell` subcommand gets them for free.
+//! The broker URI is kept as text until clap is done: clap quotes rejected
+//! values in its errors, and this one carries a password.
+
+use clap::{Args, Parser, Subcommand};
+use std::time::Duration;
+
+const TOP_EXAMPLES: &str = "\
+Examples:
+  rpc call person.get 42
+  rpc call person.create Ada Lovelace 36 member=true
+  rpc call greeting_service.hello name=Matt         # a Python nameko service
+  rpc --context user_id=7 --context language=en call person.list limit=10
+
+Run `rpc call --help` for how arguments are read.";
+
+const CALL_EXAMPLES: &str = "\
+How arguments are read:
+  A word that is valid JSON is that value; any other word is a string.
+  NAME=VALUE (NAME a Python identifier) is a keyword argument.
+  So `36` is a number, `Ada` a string, and '\"36\"' forces the string \"36\".
+  '\"a=b\"' passes the positional string a=b. Put `--` before words that
+  start with a dash (negative numbers work without it).
+
+Examples:
+  rpc call person.get 42
+  rpc call person.create Ada Lovelace 36 member=true
+  rpc call person.create first_name=Ada last_name=Lovelace age='\"36\"'
+  rpc call person.update 42 --kwargs '{\"age\": 37, \"member\": false}'
+  rpc call person.list --args '[10]' after_id=100
+  rpc call greeting_service.hello name=Matt         # a Python nameko service
+  rpc --context user_id=7 --context language=en call person.get 42
+  rpc --compact call person.list limit=3 | jq .
+
+Exit status: 0 success, 1 the method raised (the remote error is printed
+on stderr), 2 no result (unknown service, timeout, broker unreachable),
+64 the command line is wrong.";
+
+/// Calls methods of nameko-compatible services (Python or Rust) over
+/// RabbitMQ and prints the results as JSON.
+#[derive(Debug, Parser)]
+#[command(name = "rpc", version, about, long_about = None, after_help = TOP_EXAMPLES)]
+pub struct Cli {
+    /// Broker and call settings.
+    #[command(flatten)]
+    pub connection: ConnectionOptions,
+
+    /// Output settings.
+    #[command(flatten)]
+    pub output: OutputOptions,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How to reach the services.
+#[derive(Clone, Debug, Args)]
+pub struct ConnectionOptions {
+    /// Broker to connect to. Defaults to the local RabbitMQ (localhost:5672,
+    /// vhost "/") as user guest.
+    #[arg(
+        long,
+        global = true,
+        env = "AMQP_URI",
+        default_value = rpc_core::config::DEFAULT_AMQP_URI,
+        hide_default_value = true,
+        hide_env_values = true
+    )]
+    pub amqp_uri: String,
+
+    /// Seconds to wait for a reply; fractions allowed.
+    #[arg(long, global = true, env = "RPC_TIMEOUT", default_value = "30", value_parser = positive_seconds)]
+    pub timeout: Duration,
+
+    /// The RPC exchange; must match the services' `rpc_exchange`.
+    #[arg(
+        long,
+        global = true,
+        env = "RPC_EXCHANGE",
+        default_value = "nameko-rpc"
+    )]
+    pub rpc_exchange: String,
+
+    /// Context data sent with every call as the `nameko.KEY` header (e.g.
+    /// user_id, language). VALUE is read as arguments are. Repeatable.
+    // Not global: clap lets a global list given after the subcommand
+    // replace the one given before it; subcommands take their own instead.
+    #[arg(long = "context", value_name = "KEY=VALUE")]
+    pub context: Vec<String>,
+}
+
+/// How results are printed.
+#[derive(Clone, Copy, Debug, Args)]
+pub struct OutputOptions {
+    /// Print the result as one line of JSON instead of indented JSON.
+    #[arg(long, global = true)]
+    pub compact: bool,
+}
+
+/// The subcommands. Each is a variant so that more (such as an interactive
+/// `shell` reusing one connection and the same argument rules) can be
+/// added without changing the others.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Call SERVICE.METHOD once and print its result as JSON.
+    #[command(after_help = CALL_EXAMPLES)]
+    Call(CallCommand),
+}
+
+/// `rpc call`.
+#[derive(Clone, Debug, Args)]
+pub struct CallCommand {
+    /// The service and method, e.g. person.get.
+    #[arg(value_name = "SERVICE.METHOD")]
+    pub target: String,
+
+    /// Arguments: JSON values or bare strings, positional or NAME=VALUE.
+    #[arg(value_name = "ARG", allow_negative_numbers = true)]
+    pub words: Vec<String>,
+
+    /// Positional arguments as one JSON list, placed before the ARGs.
+    #[arg(long = "args", value_name = "JSON_LIST")]
+    pub args_json: Option<String>,
+
+    /// Keyword arguments as one JSON object, merged with the NAME=VALUE
+    /// ARGs (a name given twice is an error).
+    #[arg(long = "kwargs", value_name = "JSON_OBJECT")]
+    pub kwargs_json: Option<String>,
+
+    /// Context data sent as the `nameko.KEY` header, in addition to any
+    /// given before `call`. Repeatable.
+    #[arg(long = "context", value_name = "KEY=VALUE")]
+    pub context: Vec<String>,
+}
+
+/// Longest timeout accepted: the proxy computes `now + timeout`, which
+/// panics when it overflows, and a longer wait is a typo anyway.
+pub const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
+
+/// Seconds as a duration, more than zero and at most [`MAX_SECONDS`].
+pub fn positive_seconds(text: &str) -> Result<Duration, String> {
+    let secs: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    if secs > MAX_SECONDS {
+        return Err(format!("`{text}` is more than a year"));
+    }
+    match Duration::try_from_secs_f64(secs) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        _ => Err(format!("`{text}` is not a positive number of seconds")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("rpc").chain(args.iter().copied()))
+    }
+
+    fn call(cli: &Cli) -> &CallCommand {
+        match &cli.command {
+            Command::Call(c) => c,
+        }
+    }
+
+    #[test]
+    fn the_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn words_keep_their_order_and_negative_numbers() {
+        let cli = parse(&["call", "person.create", "Ada", "-3", "member=true"]).unwrap();
+        let c = call(&cli);
+        assert_eq!(c.target, "person.create");
+        assert_eq!(c.words, ["Ada", "-3", "member=true"]);
+        assert_eq!(cli.connection.timeout, Duration::from_secs(30));
+        assert_eq!(cli.connection.rpc_exchange, "nameko-rpc");
+        assert!(!cli.output.compact);
+    }
+
+    #[test]
+    fn global_options_go_before_or_after_the_subcommand() {
+        let cli = parse(&[
+            "--context",
+            "user_id=7",
+            "call",
+            "--compact",
+            "--timeout",
+            "1.5",
+            "s.m",
+            "--context",
+            "language=en",
+            "--kwargs",
+            "{}",
+        ])
+        .unwrap();
+        assert_eq!(cli.connection.context, ["user_id=7"]);
+        assert_eq!(call(&cli).context, ["language=en"]);
+        assert_eq!(cli.connection.timeout, Duration::from_millis(1500));
+        assert!(cli.output.compact);
+        assert_eq!(call(&cli).kwargs_json.as_deref(), Some("{}"));
+    }
+
+    #[test]
+    fn dash_words_after_double_dash() {
+        let cli = parse(&["call", "s.m", "--", "--not-an-option"]).unwrap();
+        assert_eq!(call(&cli).words, ["--not-an-option"]);
+    }
+
+    #[test]
+    fn usage_errors() {
+        assert!(parse(&[]).is_err());
+        assert!(parse(&["call"]).is_err());
+        assert!(parse(&["call", "s.m", "--timeout", "0"]).is_err());
+        assert!(parse(&["call", "s.m", "--timeout", "1e300"]).is_err());
+        assert!(parse(&["call", "s.m", "--bogus"]).is_err());
+    }
+
+    #[test]
+    fn help_shows_examples_but_never_the_password() {
+        let top = Cli::command().render_long_help().to_string();
+        assert!(top.contains("rpc call person.get 42"), "{top}");
+        assert!(!top.contains("guest:guest"), "{top}");
+        let mut cmd = Cli::command();
+        cmd.build();
+        let call_help = cmd
+            .find_subcommand_mut("call")
+            .map(|c| c.render_long_help().to_string())
+            .unwrap_or_default();
+        assert!(call_help.contains("greeting_service.hello"), "{call_help}");
+        assert!(call_help.contains("--context"), "{call_help}");
+        assert!(!call_help.contains("guest:guest"), "{call_help}");
+    }
+}

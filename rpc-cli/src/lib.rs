@@ -1,0 +1,30 @@
+//! `rpc`: call any method of any nameko-compatible service, Python or Rust,
+//! from a terminal or a script, and get its result as JSON.
+//!
+//! ```text
+//! $ rpc call person.create Ada Lovelace 36 member=true
+//! 17
+//! $ rpc call person.get 17
+//! {
+//!   "id": 17,
+//!   ...
+//! ```
+//!
+//! # Modules
+//! * [`cli`]: options and subcommands (clap).
+//! * [`args`]: words → `rpc_core::Args`, `SERVICE.METHOD` and context
+//!   data; independent of clap so an interactive shell can reuse it.
+//! * [`call`]: connecting, calling, printing, and exit statuses.
+
+pub mod args;
+pub mod call;
+pub mod cli;
+
+use cli::{Cli, Command};
+
+/// Runs the parsed command line and returns the exit status.
+pub async fn run(cli: Cli) -> u8 {
+    match &cli.command {
+        Command::Call(cmd) => call::run_call(&cli.connection, cmd, cli.output.compact).await,
+    }
+}

@@ -1,8 +1,14 @@
-//! Wiring: configuration → store → RPC service, started and stopped as one.
+//! Wiring: configuration → store → the RPC and HTTP faces, started and
+//! stopped as one.
 
+use crate::http::{self, HttpState};
+use crate::metrics::Metrics;
 use crate::settings::Settings;
 use crate::store::{Store, StoreError};
 use rpc_core::{CancellationToken, Config, ServiceError, ServiceHandle};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::task::JoinHandle;
 
 /// Why the application could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -16,6 +22,14 @@ pub enum AppError {
     /// The RPC service failed.
     #[error(transparent)]
     Service(#[from] ServiceError),
+    /// The HTTP face could not listen or failed.
+    #[error("HTTP on {addr}: {reason}")]
+    Http {
+        /// The address it was to listen on.
+        addr: SocketAddr,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 /// A configured application, not running yet.
@@ -23,6 +37,7 @@ pub struct Application {
     settings: Settings,
     config: Config,
     store: Store,
+    metrics: Arc<Metrics>,
 }
 
 impl Application {
@@ -40,6 +55,7 @@ impl Application {
             settings,
             config,
             store,
+            metrics: Arc::new(Metrics::new()),
         })
     }
 
@@ -54,21 +70,60 @@ impl Application {
         &self.store
     }
 
-    /// Starts serving; returns at once (the service connects in the
-    /// background, retrying while the broker is unreachable).
-    pub fn start(self) -> RunningApp {
-        let service = crate::rpc::service(&self.settings.service_name, self.store.clone()).build();
+    /// Starts serving. The HTTP face (when configured) listens before this
+    /// returns; the RPC service connects in the background, retrying while
+    /// the broker is unreachable.
+    pub async fn start(self) -> Result<RunningApp, AppError> {
+        let service = crate::rpc::service(&self.settings.service_name, self.store.clone())
+            .observe(self.metrics.clone())
+            .build();
         let rpc = service.spawn(self.config.clone());
-        RunningApp {
+        let http = match self.settings.http {
+            None => None,
+            Some(addr) => {
+                let listener =
+                    tokio::net::TcpListener::bind(addr)
+                        .await
+                        .map_err(|e| AppError::Http {
+                            addr,
+                            reason: e.to_string(),
+                        })?;
+                let local = listener.local_addr().map_err(|e| AppError::Http {
+                    addr,
+                    reason: e.to_string(),
+                })?;
+                let router = http::router(HttpState {
+                    store: self.store.clone(),
+                    metrics: self.metrics.clone(),
+                    rpc_status: rpc.status_receiver(),
+                    max_body_bytes: self.settings.http_max_body,
+                });
+                let stop = CancellationToken::new();
+                let shutdown = stop.clone().cancelled_owned();
+                let task = tokio::spawn(async move {
+                    axum::serve(listener, router)
+                        .with_graceful_shutdown(shutdown)
+                        .await
+                });
+                tracing::info!(addr = %local, "HTTP listening");
+                Some(HttpServer {
+                    addr: local,
+                    stop,
+                    task,
+                })
+            }
+        };
+        Ok(RunningApp {
             rpc,
+            http,
             store: self.store,
             settings: self.settings,
-        }
+        })
     }
 
     /// Runs until `stop` is cancelled, then stops gracefully.
     pub async fn run_until_stopped(self, stop: CancellationToken) -> Result<(), AppError> {
-        let mut running = self.start();
+        let mut running = self.start().await?;
         tokio::select! {
             _ = stop.cancelled() => {}
             // The service ends by itself only when it cannot go on.
@@ -78,9 +133,16 @@ impl Application {
     }
 }
 
+struct HttpServer {
+    addr: SocketAddr,
+    stop: CancellationToken,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
 /// A running application.
 pub struct RunningApp {
     rpc: ServiceHandle,
+    http: Option<HttpServer>,
     store: Store,
     settings: Settings,
 }
@@ -96,13 +158,27 @@ impl RunningApp {
         &self.settings.service_name
     }
 
+    /// Where the HTTP face listens, when it is on.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(|h| h.addr)
+    }
+
     /// The store.
     pub fn store(&self) -> &Store {
         &self.store
     }
 
-    /// Stops gracefully: calls in flight finish and are acked first.
+    /// Stops gracefully: HTTP requests and RPC calls in flight finish (and
+    /// RPC requests are acked) first.
     pub async fn shutdown(self) -> Result<(), AppError> {
+        if let Some(http) = self.http {
+            http.stop.cancel();
+            match http.task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "HTTP server failed"),
+                Err(e) => tracing::error!(error = %e, "HTTP server task failed"),
+            }
+        }
         Ok(self.rpc.shutdown().await?)
     }
 }

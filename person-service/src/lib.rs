@@ -6,13 +6,20 @@
 //! * [`store`]: SQLite, off the async executor: one writer thread with
 //!   group commit, a pool of readers, WAL, durable commits.
 //! * [`rpc`]: the RPC methods over rpc-core, and the errors they send.
+//! * [`http`]: the same records over REST (axum), with health, metrics and
+//!   an OpenAPI document.
+//! * [`metrics`]: Prometheus metrics of both faces.
 //! * [`settings`]: command line and environment.
 //! * [`app`]: wiring and lifecycle ([`Application::build`], `start`,
 //!   `run_until_stopped`).
 //! * [`telemetry`]: logging, filtered by `RUST_LOG`, as text or JSON.
 
+#![warn(missing_docs)]
+
 pub mod app;
 pub mod domain;
+pub mod http;
+pub mod metrics;
 pub mod rpc;
 pub mod settings;
 pub mod store;

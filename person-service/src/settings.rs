@@ -19,7 +19,7 @@ pub enum LogFormat {
     name = "person-service",
     version,
     about = "A database of people served over nameko-compatible RPC on RabbitMQ, stored in SQLite.",
-    after_help = "Examples:\n  person-service\n  person-service --amqp-uri amqp://app:secret@rabbit:5672/%2f --db /data/person.db\n  AMQP_URI=pyamqp://rabbit person-service --service-name person-staging"
+    after_help = "Examples:\n  person-service\n  person-service --http 127.0.0.1:8000\n  person-service --amqp-uri amqp://app:$RABBIT_PASSWORD@rabbit:5672/%2f --db /data/person.db\n  AMQP_URI=pyamqp://rabbit person-service --service-name person-staging"
 )]
 pub struct Settings {
     /// Broker URI: amqp://, amqps:// or nameko's pyamqp://, with kombu's vhost
@@ -46,6 +46,15 @@ pub struct Settings {
     #[arg(long, env = "SERVICE_NAME", default_value = "person")]
     pub service_name: String,
 
+    /// Serve the HTTP (REST) face on this address, e.g. 127.0.0.1:8000 or
+    /// 0.0.0.0:8000; off when not given.
+    #[arg(long, env = "HTTP_ADDR")]
+    pub http: Option<std::net::SocketAddr>,
+
+    /// Largest HTTP request body accepted, in bytes.
+    #[arg(long, env = "HTTP_MAX_BODY", default_value_t = 64 * 1024)]
+    pub http_max_body: usize,
+
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -60,6 +69,8 @@ impl Settings {
             db,
             max_workers: 10,
             service_name: "person".to_owned(),
+            http: None,
+            http_max_body: 64 * 1024,
             log_format: LogFormat::Text,
         }
     }

@@ -67,7 +67,9 @@ pub use context::{Context, ContextProxy};
 pub use error::{CallError, ConnectError, RemoteError, RpcError};
 pub use method::{ArgumentError, FromArgs, Signature};
 pub use proxy::{Args, PendingCall, RpcProxy};
-pub use server::{Service, ServiceBuilder, ServiceError, ServiceHandle};
+pub use server::{
+    CallObserver, CallOutcome, Service, ServiceBuilder, ServiceError, ServiceHandle, ServiceStatus,
+};
 pub use timer::Timer;
 
 /// Re-exported so services can build JSON values and maps without naming

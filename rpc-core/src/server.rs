@@ -48,6 +48,37 @@ use tracing::Instrument;
 
 type ArgumentErrorMapper = Arc<dyn Fn(&ArgumentError) -> RpcError + Send + Sync>;
 
+/// How a call ended, for a [`CallObserver`].
+#[derive(Clone, Copy, Debug)]
+pub enum CallOutcome<'a> {
+    /// The method returned a result.
+    Ok,
+    /// The method raised this error (an application error).
+    Raised(&'a RpcError),
+    /// The request never reached the method (malformed, unknown method,
+    /// wrong signature or argument types), or the method panicked.
+    Refused(&'a RpcError),
+}
+
+/// Watches every call a service runs: for metrics, auditing or tracing
+/// exports. Called on the call's task, so keep it cheap.
+///
+/// `method` is the registered method's name, or `"<unknown>"` when the
+/// request named no such method, so a label built from it stays bounded.
+pub trait CallObserver: Send + Sync + 'static {
+    /// A request arrived and is about to be handled.
+    fn started(&self, method: &str) {
+        let _ = method;
+    }
+    /// The call finished (before its reply is published).
+    fn finished(&self, method: &str, outcome: CallOutcome<'_>, elapsed: std::time::Duration) {
+        let _ = (method, outcome, elapsed);
+    }
+}
+
+/// Name reported for requests to methods that do not exist.
+pub const UNKNOWN_METHOD: &str = "<unknown>";
+
 /// Why a service stopped with an error.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ServiceError {
@@ -65,6 +96,7 @@ pub struct ServiceBuilder {
     methods: HashMap<String, Method>,
     timers: Vec<TimerEntry>,
     on_invalid_argument: ArgumentErrorMapper,
+    observers: Vec<Arc<dyn CallObserver>>,
 }
 
 impl ServiceBuilder {
@@ -131,6 +163,13 @@ impl ServiceBuilder {
         self
     }
 
+    /// Adds an observer of every call (see [`CallObserver`]).
+    #[must_use]
+    pub fn observe(mut self, observer: Arc<dyn CallObserver>) -> Self {
+        self.observers.push(observer);
+        self
+    }
+
     /// Finishes the service.
     pub fn build(self) -> Service {
         Service {
@@ -139,6 +178,7 @@ impl ServiceBuilder {
                 methods: self.methods,
                 timers: self.timers,
                 on_invalid_argument: self.on_invalid_argument,
+                observers: self.observers,
             }),
         }
     }
@@ -149,6 +189,7 @@ struct ServiceDef {
     methods: HashMap<String, Method>,
     timers: Vec<TimerEntry>,
     on_invalid_argument: ArgumentErrorMapper,
+    observers: Vec<Arc<dyn CallObserver>>,
 }
 
 /// A service definition, ready to run.
@@ -169,13 +210,21 @@ pub struct Service {
     def: Arc<ServiceDef>,
 }
 
-/// Lifecycle of a spawned service, as [`ServiceHandle`] reports it.
+/// Where a running service is in its life, as [`ServiceHandle::status`]
+/// reports it (health checks read this).
 #[derive(Clone, Debug)]
-enum State {
+pub enum ServiceStatus {
+    /// Connecting for the first time (retrying while the broker is away).
     Starting,
-    Ready,
+    /// Consuming its queue.
+    Consuming,
+    /// Lost its connection; reconnecting. The text says why it was lost.
+    Reconnecting(String),
+    /// Stopped, with the error it failed with if any.
     Stopped(Option<ServiceError>),
 }
+
+type State = ServiceStatus;
 
 /// A service running on its own task.
 pub struct ServiceHandle {
@@ -193,10 +242,21 @@ impl ServiceHandle {
             .await
             .map(|s| s.clone());
         match state {
-            Ok(State::Ready) | Ok(State::Stopped(None)) => Ok(()),
+            Ok(State::Consuming) | Ok(State::Reconnecting(_)) | Ok(State::Stopped(None)) => Ok(()),
             Ok(State::Stopped(Some(e))) => Err(e),
             Ok(State::Starting) | Err(_) => Err(ServiceError::Connect(ConnectError::Shutdown)),
         }
+    }
+
+    /// The service's status now.
+    pub fn status(&self) -> ServiceStatus {
+        self.state.borrow().clone()
+    }
+
+    /// A receiver that always holds the current status, for components
+    /// (such as a health endpoint) that outlive a borrow of the handle.
+    pub fn status_receiver(&self) -> watch::Receiver<ServiceStatus> {
+        self.state.clone()
     }
 
     /// Waits until the service has stopped, by request or because it could
@@ -251,6 +311,7 @@ impl Service {
             name: name.to_owned(),
             methods: HashMap::new(),
             timers: Vec::new(),
+            observers: Vec::new(),
             on_invalid_argument: Arc::new(|e: &ArgumentError| {
                 RpcError::invalid_argument(&e.method, &e.param, &e.message)
             }),
@@ -316,7 +377,7 @@ impl Service {
             ));
         }
         let result = if self.def.methods.is_empty() {
-            state.send_replace(State::Ready);
+            state.send_replace(State::Consuming);
             stop.cancelled().await;
             Ok(())
         } else {
@@ -373,7 +434,7 @@ impl Service {
                 }
             };
             delay = config.connect_retry.initial;
-            state.send_replace(State::Ready);
+            state.send_replace(State::Consuming);
             tracing::info!(
                 service = %self.def.name,
                 queue = %wire::rpc_queue(&self.def.name),
@@ -402,6 +463,7 @@ impl Service {
                 }
                 SessionEnd::Lost(reason) => {
                     tracing::warn!(service = %self.def.name, reason = %reason, "lost the broker connection; reconnecting");
+                    state.send_replace(State::Reconnecting(reason));
                     let _ = conn.close(320, "reconnecting".into()).await;
                 }
             }
@@ -632,20 +694,37 @@ impl Call {
             call_id = %ctx.call_id(),
             correlation_id = props.correlation_id().as_ref().map_or("", |c| c.as_str()),
         );
+        let def = Arc::clone(&self.def);
+        let label = match def.methods.get_key_value(method.as_str()) {
+            Some((name, _)) => name.as_str(),
+            None => UNKNOWN_METHOD,
+        };
+        for o in &def.observers {
+            o.started(label);
+        }
         async move {
             let started = Instant::now();
             let outcome = self.execute(&ctx, &method, &delivery).await;
-            let elapsed_us = started.elapsed().as_micros() as u64;
+            let elapsed = started.elapsed();
+            let elapsed_us = elapsed.as_micros() as u64;
             let body = match outcome {
                 Ok(body) => {
                     tracing::debug!(elapsed_us, "call succeeded");
+                    for o in &self.def.observers {
+                        o.finished(label, CallOutcome::Ok, elapsed);
+                    }
                     body
                 }
                 Err((error, expected)) => {
-                    if expected {
+                    let outcome = if expected {
                         tracing::info!(elapsed_us, error = %error, "call raised");
+                        CallOutcome::Raised(&error)
                     } else {
                         tracing::warn!(elapsed_us, error = %error, "request refused");
+                        CallOutcome::Refused(&error)
+                    };
+                    for o in &self.def.observers {
+                        o.finished(label, outcome, elapsed);
                     }
                     wire::encode_error_reply(&error.to_error_object())
                 }

@@ -320,3 +320,65 @@ async fn call_async_results_are_collected_in_any_order() {
     p.close().await;
     svc.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observers_see_every_call_with_bounded_method_names() {
+    use rpc_core::{CallObserver, CallOutcome, Context, RpcError, Service, Signature};
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Default)]
+    struct Seen(Mutex<Vec<(String, &'static str)>>, Mutex<usize>);
+    impl CallObserver for Seen {
+        fn started(&self, _method: &str) {
+            *self.1.lock().unwrap() += 1;
+        }
+        fn finished(&self, method: &str, outcome: CallOutcome<'_>, _elapsed: Duration) {
+            let kind = match outcome {
+                CallOutcome::Ok => "ok",
+                CallOutcome::Raised(_) => "raised",
+                CallOutcome::Refused(_) => "refused",
+            };
+            self.0.lock().unwrap().push((method.to_owned(), kind));
+        }
+    }
+
+    let config = config();
+    let seen = Arc::new(Seen::default());
+    let name = test_support::unique_name("observed");
+    let _cleanup = test_support::Cleanup::new().service(&name);
+    let mut handle = Service::builder(&name)
+        .method("ok", Signature::new(), |_c: Context, (): ()| async {
+            Ok::<_, RpcError>(1)
+        })
+        .method("bad", Signature::new(), |_c: Context, (): ()| async {
+            Err::<(), _>(RpcError::new("Bad", "x.Bad", vec![]))
+        })
+        .observe(seen.clone())
+        .build()
+        .spawn(config.clone());
+    handle.ready().await.unwrap();
+    let p = proxy(&config).await;
+    p.call(&name, "ok", Args::new()).await.unwrap();
+    p.call(&name, "bad", Args::new()).await.unwrap_err();
+    p.call(&name, "random-name-1", Args::new())
+        .await
+        .unwrap_err();
+    p.call(&name, "ok", Args::new().arg(1)).await.unwrap_err();
+    let got = seen.0.lock().unwrap().clone();
+    assert_eq!(
+        got,
+        vec![
+            ("ok".to_owned(), "ok"),
+            ("bad".to_owned(), "raised"),
+            ("<unknown>".to_owned(), "refused"),
+            ("ok".to_owned(), "refused"),
+        ]
+    );
+    assert_eq!(*seen.1.lock().unwrap(), 4);
+    assert!(matches!(
+        handle.status(),
+        rpc_core::ServiceStatus::Consuming
+    ));
+    p.close().await;
+    handle.shutdown().await.unwrap();
+}

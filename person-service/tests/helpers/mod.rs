@@ -9,9 +9,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 use test_support::Cleanup;
 
+pub mod http;
+
 pub struct TestApp {
     pub name: String,
     pub proxy: RpcProxy,
+    pub http: http::Http,
     pub db: PathBuf,
     pub running: Option<RunningApp>,
     pub dir: tempfile::TempDir,
@@ -26,7 +29,9 @@ pub async fn spawn_app() -> TestApp {
     let mut config = rpc_core::Config::new(&test_support::broker_uri()).unwrap();
     config.rpc_timeout = Duration::from_secs(15);
     let proxy = RpcProxy::connect(config).await.expect("proxy connects");
+    let addr = running.http_addr().expect("tests run the HTTP face");
     TestApp {
+        http: http::Http::new(addr),
         cleanup: Cleanup::new().service(&name),
         name,
         proxy,
@@ -41,8 +46,9 @@ pub async fn start(name: &str, db: &std::path::Path) -> RunningApp {
     let uri = test_support::require_broker();
     let mut settings = Settings::new(&uri, db.to_owned());
     settings.service_name = name.to_owned();
+    settings.http = Some("127.0.0.1:0".parse().unwrap());
     let app = Application::build(settings).await.expect("app builds");
-    let mut running = app.start();
+    let mut running = app.start().await.expect("app starts");
     running.ready().await.expect("service consumes");
     running
 }
@@ -80,7 +86,9 @@ impl TestApp {
 
     pub async fn restart(&mut self) {
         self.stop().await;
-        self.running = Some(start(&self.name, &self.db).await);
+        let running = start(&self.name, &self.db).await;
+        self.http = http::Http::new(running.http_addr().expect("HTTP on"));
+        self.running = Some(running);
     }
 
     pub async fn close(mut self) {

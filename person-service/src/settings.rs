@@ -61,6 +61,13 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// The rpc-core configuration these settings describe.
+    pub fn rpc_config(&self) -> Result<rpc_core::Config, String> {
+        let mut config = rpc_core::Config::new(&self.amqp_uri).map_err(|e| e.to_string())?;
+        config.max_workers = usize::from(self.max_workers);
+        Ok(config)
+    }
+
     /// Settings for a given broker and database, the rest by default (for
     /// tests and embedding).
     pub fn new(amqp_uri: &str, db: PathBuf) -> Self {

@@ -51,6 +51,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod config_file;
 pub mod connection;
 pub mod context;
 pub mod error;

@@ -1,0 +1,1 @@
+//! Reading nameko-style YAML configuration files.

@@ -4,6 +4,7 @@
 
 use crate::config::Config;
 use crate::error::CallError;
+use crate::events::{DispatchError, EventDispatcher};
 use crate::proxy::{Args, PendingCall, RpcProxy};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -19,6 +20,7 @@ pub(crate) struct ServiceRuntime {
     pub(crate) name: String,
     pub(crate) config: Config,
     proxy: OnceCell<RpcProxy>,
+    events: OnceCell<EventDispatcher>,
     pub(crate) shutdown: CancellationToken,
 }
 
@@ -28,6 +30,7 @@ impl ServiceRuntime {
             name,
             config,
             proxy: OnceCell::new(),
+            events: OnceCell::new(),
             shutdown,
         }
     }
@@ -41,9 +44,23 @@ impl ServiceRuntime {
             .map_err(|e| CallError::NotConnected(e.to_string()))
     }
 
+    pub(crate) async fn events(&self) -> Result<&EventDispatcher, DispatchError> {
+        self.events
+            .get_or_try_init(|| async {
+                let name = format!("{} events", self.name);
+                EventDispatcher::start(&name, self.config.clone(), self.shutdown.child_token())
+                    .await
+            })
+            .await
+            .map_err(|e| DispatchError::NotConnected(e.to_string()))
+    }
+
     pub(crate) async fn close(&self) {
         if let Some(proxy) = self.proxy.get() {
             proxy.close().await;
+        }
+        if let Some(events) = self.events.get() {
+            events.close().await;
         }
     }
 }
@@ -165,6 +182,21 @@ impl Context {
             ctx: self.clone(),
             timeout: None,
         }
+    }
+
+    /// Dispatches event `event_type` from this service (to exchange
+    /// `{service}.events`) with `data` as its body, carrying this call's
+    /// context headers, and waits for the broker's confirm.
+    pub async fn dispatch<T: serde::Serialize + ?Sized>(
+        &self,
+        event_type: &str,
+        data: &T,
+    ) -> Result<(), DispatchError> {
+        let events = self.runtime().events().await?;
+        let headers = crate::events::context_headers(self.call_id_stack(), self.data());
+        events
+            .publish(self.service_name(), event_type, data, headers)
+            .await
     }
 
     pub(crate) fn runtime(&self) -> &Arc<ServiceRuntime> {

@@ -18,6 +18,8 @@
 //! * [`context`]: the call-id stack and context data of a call, and calls to
 //!   other services that carry them.
 //! * [`timer`]: timer entrypoints with nameko's schedule.
+//! * [`events`]: nameko events: a dispatcher and handlers of the three
+//!   handler types, with nameko's exchanges, queues and ack rules.
 //! * [`error`]: errors at each boundary; remote errors keep nameko's
 //!   `exc_type`, `exc_path`, `exc_args` and `value`.
 //! * [`shutdown`]: stopping on SIGINT / SIGTERM.
@@ -55,6 +57,8 @@ pub mod config_file;
 pub mod connection;
 pub mod context;
 pub mod error;
+pub mod events;
+mod link;
 pub mod method;
 pub mod proxy;
 pub mod server;
@@ -66,12 +70,14 @@ pub use config::{Config, RetryPolicy};
 pub use connection::AmqpUri;
 pub use context::{Context, ContextProxy};
 pub use error::{CallError, ConnectError, RemoteError, RpcError};
+pub use events::{DispatchError, EventDispatcher, EventHandlerOptions};
 pub use method::{ArgumentError, FromArgs, Signature};
 pub use proxy::{Args, PendingCall, RpcProxy};
 pub use server::{
     CallObserver, CallOutcome, Service, ServiceBuilder, ServiceError, ServiceHandle, ServiceStatus,
 };
 pub use timer::Timer;
+pub use wire::EventHandlerType;
 
 /// Re-exported so services can build JSON values and maps without naming
 /// serde_json's version.

@@ -17,23 +17,17 @@
 //! with backoff; calls made meanwhile wait (within their timeout) for it.
 
 use crate::config::Config;
-use crate::connection;
 use crate::error::{CallError, ConnectError};
+use crate::link::{Link, Replies, ReplySink};
 use crate::wire::{self, RequestBody};
-use futures::StreamExt;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
-};
-use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, Confirmation, Connection, Consumer, ExchangeKind};
+use lapin::options::BasicPublishOptions;
+use lapin::Confirmation;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{oneshot, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -134,7 +128,25 @@ impl Pending {
         self.lock().remove(id)
     }
 
-    fn fail_all(&self, reason: &str) {
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+impl ReplySink for Pending {
+    fn deliver(&self, correlation_id: Option<&str>, body: Vec<u8>) {
+        match correlation_id.and_then(|id| self.remove(id)) {
+            Some(tx) => {
+                let _ = tx.send(ReplyEvent::Body(body));
+            }
+            None => tracing::debug!(
+                correlation_id = correlation_id.unwrap_or(""),
+                "reply for no waiting call (timed out or abandoned); dropped"
+            ),
+        }
+    }
+
+    fn lost(&self, reason: &str) {
         let calls: Vec<_> = self.lock().drain().collect();
         if !calls.is_empty() {
             tracing::warn!(
@@ -146,10 +158,6 @@ impl Pending {
         for (_, tx) in calls {
             let _ = tx.send(ReplyEvent::Lost(reason.to_owned()));
         }
-    }
-
-    fn len(&self) -> usize {
-        self.lock().len()
     }
 }
 
@@ -166,26 +174,11 @@ impl Drop for PendingGuard {
     }
 }
 
-#[derive(Clone)]
-enum SessionState {
-    Up(Channel),
-    Down(String),
-    Closed,
-}
-
 struct Shared {
-    config: Config,
+    link: Link,
     reply_key: String,
+    reply_queue: String,
     pending: Arc<Pending>,
-    session: watch::Receiver<SessionState>,
-    stop: CancellationToken,
-    supervisor: Mutex<Option<JoinHandle<()>>>,
-}
-
-impl Drop for Shared {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
 }
 
 /// A client for calling remote methods; see the module docs.
@@ -215,10 +208,18 @@ pub struct RpcProxy {
 impl std::fmt::Debug for RpcProxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RpcProxy")
-            .field("reply_key", &self.shared.reply_key)
+            .field("reply_queue", &self.shared.reply_queue)
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
+}
+
+/// `now + timeout`, or far in the future when that overflows (a caller may
+/// ask for a timeout of years).
+pub(crate) fn deadline_after(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(60 * 60 * 24 * 365 * 30))
 }
 
 impl RpcProxy {
@@ -249,29 +250,20 @@ impl RpcProxy {
     ) -> Result<Self, ConnectError> {
         let reply_key = uuid::Uuid::new_v4().to_string();
         let reply_queue = wire::reply_queue(caller, &reply_key);
-        let options = config.connect_options(format!("{caller} rpc proxy"));
-        let conn = connection::connect(&config.amqp_uri, &options, &stop).await?;
-        let (channel, consumer) = setup(&conn, &config, &reply_queue, &reply_key).await?;
-        let (state_tx, state_rx) = watch::channel(SessionState::Up(channel));
         let pending = Arc::new(Pending::default());
-        let supervisor = Supervisor {
-            config: config.clone(),
-            reply_queue,
-            reply_key: reply_key.clone(),
-            pending: Arc::clone(&pending),
-            state: state_tx,
-            stop: stop.clone(),
-        };
-        let task = tokio::spawn(supervisor.run(conn, consumer));
         let timeout = config.rpc_timeout;
+        let replies = Replies {
+            queue: reply_queue.clone(),
+            routing_key: reply_key.clone(),
+            sink: pending.clone(),
+        };
+        let link = Link::start(&format!("{caller} rpc proxy"), config, Some(replies), stop).await?;
         Ok(RpcProxy {
             shared: Arc::new(Shared {
-                config,
+                link,
                 reply_key,
+                reply_queue,
                 pending,
-                session: state_rx,
-                stop,
-                supervisor: Mutex::new(Some(task)),
             }),
             timeout,
             call_id_stack: Arc::new(Vec::new()),
@@ -321,9 +313,19 @@ impl RpcProxy {
         &self.call_id_stack
     }
 
+    /// The name of this proxy's reply queue.
+    pub fn reply_queue(&self) -> &str {
+        &self.shared.reply_queue
+    }
+
     /// Calls waiting for a reply right now.
     pub fn in_flight(&self) -> usize {
         self.shared.pending.len()
+    }
+
+    /// Whether the proxy has a live connection right now.
+    pub fn is_connected(&self) -> bool {
+        self.shared.link.is_up()
     }
 
     /// Calls `service.method` and waits for its result.
@@ -353,7 +355,7 @@ impl RpcProxy {
         method: &str,
         args: Args,
     ) -> Result<PendingCall, CallError> {
-        let deadline = Instant::now() + self.timeout;
+        let deadline = deadline_after(self.timeout);
         let timed_out = || CallError::Timeout {
             service: service.to_owned(),
             method: method.to_owned(),
@@ -368,20 +370,24 @@ impl RpcProxy {
             pending: Arc::clone(&self.shared.pending),
             correlation_id: correlation_id.clone(),
         };
-        let channel = match tokio::time::timeout_at(deadline, self.channel()).await {
-            Ok(channel) => channel?,
+        let session = match tokio::time::timeout_at(deadline, self.shared.link.session()).await {
+            Ok(Ok(session)) => session,
+            Ok(Err(())) => return Err(CallError::Closed),
             Err(_) => {
                 return Err(self
+                    .shared
+                    .link
                     .down_reason()
                     .map_or_else(timed_out, CallError::NotConnected))
             }
         };
         let headers = wire::write_context(&self.call_id_stack, &self.data);
+        let config = &self.shared.link.config;
         let props = wire::request_properties(
             &correlation_id,
             &self.shared.reply_key,
             headers,
-            self.shared.config.delivery_mode(),
+            config.delivery_mode(),
         )?;
         let body = wire::encode_request(args.body());
         let lost = |e: lapin::Error| CallError::ConnectionLost {
@@ -390,9 +396,10 @@ impl RpcProxy {
             reason: e.to_string(),
         };
         let publish = async {
-            let confirm = channel
+            let confirm = session
+                .channel
                 .basic_publish(
-                    self.shared.config.rpc_exchange.as_str().into(),
+                    config.rpc_exchange.as_str().into(),
                     routing_key,
                     BasicPublishOptions {
                         mandatory: true,
@@ -433,44 +440,10 @@ impl RpcProxy {
         })
     }
 
-    /// The publishing channel, waiting while the proxy reconnects.
-    async fn channel(&self) -> Result<Channel, CallError> {
-        let mut rx = self.shared.session.clone();
-        let state = rx
-            .wait_for(|s| !matches!(s, SessionState::Down(_)))
-            .await
-            .map_err(|_| CallError::Closed)?;
-        match &*state {
-            SessionState::Up(channel) => Ok(channel.clone()),
-            _ => Err(CallError::Closed),
-        }
-    }
-
-    fn down_reason(&self) -> Option<String> {
-        match &*self.shared.session.borrow() {
-            SessionState::Down(reason) => Some(reason.clone()),
-            _ => None,
-        }
-    }
-
-    /// Whether the proxy has a live connection right now.
-    pub fn is_connected(&self) -> bool {
-        matches!(&*self.shared.session.borrow(), SessionState::Up(_))
-    }
-
-    /// Stops the reply listener, deletes the reply queue and closes the
-    /// connection. Calls still waiting fail with [`CallError::ConnectionLost`].
+    /// Deletes the reply queue and closes the connection. Calls still
+    /// waiting fail with [`CallError::ConnectionLost`].
     pub async fn close(&self) {
-        self.shared.stop.cancel();
-        let task = self
-            .shared
-            .supervisor
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        if let Some(task) = task {
-            let _ = task.await;
-        }
+        self.shared.link.close().await;
     }
 }
 
@@ -533,199 +506,5 @@ impl PendingCall {
     pub async fn result_as<T: DeserializeOwned>(self) -> Result<T, CallError> {
         let value = self.result().await?;
         serde_json::from_value(value).map_err(|e| CallError::Decode(e.to_string()))
-    }
-}
-
-/// Declares the reply queue as nameko does and starts consuming from it.
-async fn setup(
-    conn: &Connection,
-    config: &Config,
-    reply_queue: &str,
-    reply_key: &str,
-) -> Result<(Channel, Consumer), ConnectError> {
-    let refused = |what: &str| {
-        let what = what.to_owned();
-        move |e: lapin::Error| ConnectError::Refused {
-            what,
-            reason: e.to_string(),
-        }
-    };
-    let consume = conn.create_channel().await.map_err(refused("a channel"))?;
-    consume
-        .exchange_declare(
-            config.rpc_exchange.as_str().into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..ExchangeDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map_err(refused("the RPC exchange declaration"))?;
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-expires".into(),
-        AMQPValue::LongInt(wire::REPLY_QUEUE_EXPIRES_MS),
-    );
-    consume
-        .queue_declare(
-            reply_queue.into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            args,
-        )
-        .await
-        .map_err(refused("the reply queue declaration"))?;
-    consume
-        .queue_bind(
-            reply_queue.into(),
-            config.rpc_exchange.as_str().into(),
-            reply_key.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(refused("the reply queue binding"))?;
-    // Replies are consumed without acks: a reply nobody waits for any more
-    // is worthless, and acks would cost the broker a frame per call.
-    let consumer = consume
-        .basic_consume(
-            reply_queue.into(),
-            format!("reply-{reply_key}").into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map_err(refused("consuming the reply queue"))?;
-    let publish = conn.create_channel().await.map_err(refused("a channel"))?;
-    publish
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .map_err(refused("publisher confirms"))?;
-    Ok((publish, consumer))
-}
-
-/// Owns the connection: routes replies, and reconnects when it dies.
-struct Supervisor {
-    config: Config,
-    reply_queue: String,
-    reply_key: String,
-    pending: Arc<Pending>,
-    state: watch::Sender<SessionState>,
-    stop: CancellationToken,
-}
-
-impl Supervisor {
-    async fn run(self, mut conn: Connection, mut consumer: Consumer) {
-        loop {
-            let lost = self.route_replies(&mut consumer).await;
-            let Some(reason) = lost else {
-                self.state.send_replace(SessionState::Closed);
-                self.pending.fail_all("the proxy was closed");
-                self.clean_up(&conn).await;
-                return;
-            };
-            tracing::warn!(broker = %self.config.amqp_uri.endpoint(), reason = %reason, "rpc proxy lost its connection; reconnecting");
-            self.state.send_replace(SessionState::Down(reason.clone()));
-            self.pending.fail_all(&reason);
-            let _ = conn.close(320, "reconnecting".into()).await;
-            match self.reconnect().await {
-                Some((c, cons)) => {
-                    conn = c;
-                    consumer = cons;
-                }
-                None => {
-                    self.state.send_replace(SessionState::Closed);
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Routes replies until the consumer fails (`Some(reason)`) or the proxy
-    /// is stopped (`None`).
-    async fn route_replies(&self, consumer: &mut Consumer) -> Option<String> {
-        loop {
-            let delivery = tokio::select! {
-                _ = self.stop.cancelled() => return None,
-                d = consumer.next() => d,
-            };
-            match delivery {
-                Some(Ok(delivery)) => {
-                    let id = delivery
-                        .properties
-                        .correlation_id()
-                        .as_ref()
-                        .map(|s| s.as_str());
-                    match id.and_then(|id| self.pending.remove(id)) {
-                        Some(tx) => {
-                            let _ = tx.send(ReplyEvent::Body(delivery.data));
-                        }
-                        None => tracing::debug!(
-                            correlation_id = id.unwrap_or(""),
-                            "reply for no waiting call (timed out or abandoned); dropped"
-                        ),
-                    }
-                }
-                Some(Err(e)) => return Some(e.to_string()),
-                None => return Some("the broker cancelled the reply consumer".to_owned()),
-            }
-        }
-    }
-
-    async fn reconnect(&self) -> Option<(Connection, Consumer)> {
-        let options = self
-            .config
-            .connect_options(format!("{} rpc proxy", self.reply_queue));
-        let mut delay = self.config.connect_retry.initial;
-        loop {
-            let conn = match connection::connect(&self.config.amqp_uri, &options, &self.stop).await
-            {
-                Ok(conn) => conn,
-                Err(e) => {
-                    tracing::error!(error = %e, "rpc proxy gave up reconnecting");
-                    return None;
-                }
-            };
-            match setup(&conn, &self.config, &self.reply_queue, &self.reply_key).await {
-                Ok((channel, consumer)) => {
-                    tracing::info!(broker = %self.config.amqp_uri.endpoint(), "rpc proxy reconnected");
-                    self.state.send_replace(SessionState::Up(channel));
-                    return Some((conn, consumer));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "rpc proxy could not set up its reply queue; retrying");
-                    let _ = conn.close(320, "retrying".into()).await;
-                    tokio::select! {
-                        _ = self.stop.cancelled() => return None,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                    delay = (delay * 2).min(self.config.connect_retry.max);
-                }
-            }
-        }
-    }
-
-    /// The reply queue is ours alone (its name holds a fresh uuid), so it is
-    /// deleted rather than left to expire.
-    async fn clean_up(&self, conn: &Connection) {
-        if let Ok(channel) = conn.create_channel().await {
-            if let Err(e) = channel
-                .queue_delete(
-                    self.reply_queue.as_str().into(),
-                    QueueDeleteOptions::default(),
-                )
-                .await
-            {
-                tracing::debug!(error = %e, "could not delete the reply queue; it expires in 5 minutes");
-            }
-        }
-        let _ = conn.close(200, "OK".into()).await;
     }
 }

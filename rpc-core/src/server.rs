@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::connection;
 use crate::context::{Context, Origin, ServiceRuntime};
 use crate::error::{ConnectError, RpcError};
+use crate::events::{EventFailure, EventHandlerEntry, EventHandlerOptions};
 use crate::method::{ArgumentError, FromArgs, HandlerFailure, Method, Signature};
 use crate::timer::{self, Timer, TimerEntry};
 use crate::wire;
@@ -34,6 +35,7 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, Consumer, ExchangeKind};
+use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::future::Future;
@@ -97,9 +99,38 @@ pub struct ServiceBuilder {
     timers: Vec<TimerEntry>,
     on_invalid_argument: ArgumentErrorMapper,
     observers: Vec<Arc<dyn CallObserver>>,
+    event_handlers: Vec<EventHandlerEntry>,
 }
 
 impl ServiceBuilder {
+    /// Registers an event handler: entrypoint `name` receives events
+    /// `event_type` dispatched by `source_service`, its data deserialised
+    /// into `T`. See [`crate::events`] for the queue, ack and requeue rules.
+    #[must_use]
+    pub fn event_handler<T, F, Fut, E>(
+        mut self,
+        name: &str,
+        source_service: &str,
+        event_type: &str,
+        options: EventHandlerOptions,
+        handler: F,
+    ) -> Self
+    where
+        T: DeserializeOwned + Send + 'static,
+        F: Fn(Context, T) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        self.event_handlers.push(EventHandlerEntry::new(
+            name,
+            source_service,
+            event_type,
+            options,
+            handler,
+        ));
+        self
+    }
+
     /// Registers an RPC method.
     ///
     /// `signature` names the parameters (with defaults for optional ones);
@@ -179,7 +210,9 @@ impl ServiceBuilder {
                 timers: self.timers,
                 on_invalid_argument: self.on_invalid_argument,
                 observers: self.observers,
+                event_handlers: self.event_handlers,
             }),
+            broadcast_id: uuid::Uuid::new_v4().simple().to_string(),
         }
     }
 }
@@ -190,6 +223,7 @@ struct ServiceDef {
     timers: Vec<TimerEntry>,
     on_invalid_argument: ArgumentErrorMapper,
     observers: Vec<Arc<dyn CallObserver>>,
+    event_handlers: Vec<EventHandlerEntry>,
 }
 
 /// A service definition, ready to run.
@@ -208,6 +242,9 @@ struct ServiceDef {
 #[derive(Clone)]
 pub struct Service {
     def: Arc<ServiceDef>,
+    /// Ends broadcast handlers' queue names; fixed for this instance, so a
+    /// reconnect re-declares the same queues, as nameko does.
+    broadcast_id: String,
 }
 
 /// Where a running service is in its life, as [`ServiceHandle::status`]
@@ -312,6 +349,7 @@ impl Service {
             methods: HashMap::new(),
             timers: Vec::new(),
             observers: Vec::new(),
+            event_handlers: Vec::new(),
             on_invalid_argument: Arc::new(|e: &ArgumentError| {
                 RpcError::invalid_argument(&e.method, &e.param, &e.message)
             }),
@@ -363,6 +401,11 @@ impl Service {
                 return Err(ServiceError::InvalidName(name, e.to_string()));
             }
         }
+        for handler in &self.def.event_handlers {
+            handler
+                .check()
+                .map_err(|e| ServiceError::InvalidName(name.clone(), e))?;
+        }
         let runtime = Arc::new(ServiceRuntime::new(
             name.clone(),
             config.clone(),
@@ -376,7 +419,7 @@ impl Service {
                 stop.clone(),
             ));
         }
-        let result = if self.def.methods.is_empty() {
+        let result = if self.def.methods.is_empty() && self.def.event_handlers.is_empty() {
             state.send_replace(State::Consuming);
             stop.cancelled().await;
             Ok(())
@@ -437,14 +480,17 @@ impl Service {
             state.send_replace(State::Consuming);
             tracing::info!(
                 service = %self.def.name,
-                queue = %wire::rpc_queue(&self.def.name),
+                event_handlers = self.def.event_handlers.len(),
                 broker = %config.amqp_uri.endpoint(),
                 max_workers = config.workers(),
                 "consuming"
             );
-            let end = self
-                .consume(session, runtime, tracker, &workers, stop)
-                .await;
+            let run = Workers {
+                runtime,
+                tracker,
+                slots: &workers,
+            };
+            let end = self.consume(session, &run, stop).await;
             match end {
                 SessionEnd::Stopped { consume } => {
                     // Keep the connection open until every call in flight has
@@ -476,59 +522,83 @@ impl Service {
         config: &Config,
     ) -> Result<Session, SetupError> {
         let name = &self.def.name;
-        let queue = wire::rpc_queue(name);
         let consume = conn
             .create_channel()
             .await
             .map_err(SetupError::from_lapin("opening a channel"))?;
-        consume
-            .exchange_declare(
-                config.rpc_exchange.as_str().into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..ExchangeDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(SetupError::from_lapin("declaring the RPC exchange"))?;
-        consume
-            .queue_declare(
-                queue.as_str().into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(SetupError::from_lapin("declaring the service queue"))?;
-        consume
-            .queue_bind(
-                queue.as_str().into(),
-                config.rpc_exchange.as_str().into(),
-                wire::rpc_binding_key(name).as_str().into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(SetupError::from_lapin("binding the service queue"))?;
         let prefetch = u16::try_from(config.workers()).unwrap_or(u16::MAX);
+        // Per consumer, as nameko issues it (global = false).
         consume
             .basic_qos(prefetch, BasicQosOptions { global: false })
             .await
             .map_err(SetupError::from_lapin("setting the prefetch"))?;
-        let tag = format!("{name}-{}", uuid::Uuid::new_v4());
-        let consumer = consume
-            .basic_consume(
-                queue.as_str().into(),
-                tag.as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(SetupError::from_lapin("consuming the service queue"))?;
+        let mut consumers: Vec<(Entry, Consumer)> = Vec::new();
+        if !self.def.methods.is_empty() {
+            let queue = wire::rpc_queue(name);
+            declare_exchange(&consume, &config.rpc_exchange, "declaring the RPC exchange").await?;
+            consume
+                .queue_declare(
+                    queue.as_str().into(),
+                    QueueDeclareOptions {
+                        durable: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(SetupError::from_lapin("declaring the service queue"))?;
+            consume
+                .queue_bind(
+                    queue.as_str().into(),
+                    config.rpc_exchange.as_str().into(),
+                    wire::rpc_binding_key(name).as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(SetupError::from_lapin("binding the service queue"))?;
+            let consumer = start_consumer(&consume, &queue, name).await?;
+            consumers.push((Entry::Rpc, consumer));
+        }
+        for (i, handler) in self.def.event_handlers.iter().enumerate() {
+            let exchange = wire::events_exchange(&handler.source_service);
+            let spec = handler.queue(name, &self.broadcast_id);
+            for candidate in [&exchange, &spec.name, &handler.event_type] {
+                wire::short_string(candidate).map_err(|e| SetupError {
+                    error: ConnectError::Refused {
+                        what: format!("event handler {}", handler.name),
+                        reason: e.to_string(),
+                    },
+                    fatal: true,
+                })?;
+            }
+            declare_exchange(&consume, &exchange, "declaring an events exchange").await?;
+            consume
+                .queue_declare(
+                    spec.name.as_str().into(),
+                    QueueDeclareOptions {
+                        durable: spec.durable,
+                        exclusive: spec.exclusive,
+                        auto_delete: spec.auto_delete,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(SetupError::from_lapin("declaring an event handler queue"))?;
+            consume
+                .queue_bind(
+                    spec.name.as_str().into(),
+                    exchange.as_str().into(),
+                    handler.event_type.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(SetupError::from_lapin("binding an event handler queue"))?;
+            let consumer = start_consumer(&consume, &spec.name, name).await?;
+            consumers.push((Entry::Event(i), consumer));
+        }
         let publish = conn
             .create_channel()
             .await
@@ -537,10 +607,22 @@ impl Service {
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(SetupError::from_lapin("enabling publisher confirms"))?;
+        let tags = consumers
+            .iter()
+            .map(|(_, c)| c.tag().as_str().to_owned())
+            .collect();
+        let merged = futures::stream::select_all(consumers.into_iter().map(|(entry, consumer)| {
+            // A consumer's end shows up as `None`, so that a broker-side
+            // cancel is noticed rather than silently dropped from the merge.
+            consumer
+                .map(move |d| (entry, Some(d)))
+                .chain(futures::stream::once(async move { (entry, None) }))
+                .boxed()
+        }));
         Ok(Session {
             consume,
-            consumer,
-            tag,
+            deliveries: merged,
+            tags,
             replies: Replier {
                 channel: publish,
                 exchange: config.rpc_exchange.clone(),
@@ -553,37 +635,57 @@ impl Service {
     async fn consume(
         &self,
         mut session: Session,
-        runtime: &Arc<ServiceRuntime>,
-        tracker: &TaskTracker,
-        workers: &Arc<Semaphore>,
+        run: &Workers<'_>,
         stop: &CancellationToken,
     ) -> SessionEnd {
         loop {
             let next = tokio::select! {
                 biased;
                 _ = stop.cancelled() => break,
-                d = session.consumer.next() => d,
+                d = session.deliveries.next() => d,
             };
             match next {
-                Some(Ok(delivery)) => {
-                    self.dispatch(delivery, &session, runtime, tracker, workers)
-                        .await
+                Some((entry, Some(Ok(delivery)))) => {
+                    self.dispatch(
+                        entry,
+                        delivery,
+                        &session.replies,
+                        session.max_request_bytes,
+                        run,
+                    )
+                    .await
                 }
-                Some(Err(e)) => return SessionEnd::Lost(e.to_string()),
-                None => return SessionEnd::Lost("the broker cancelled the consumer".into()),
+                Some((_, Some(Err(e)))) => return SessionEnd::Lost(e.to_string()),
+                Some((_, None)) | None => {
+                    return SessionEnd::Lost("the broker cancelled a consumer".into())
+                }
             }
         }
-        // Stop: no new deliveries, but answer the ones already received.
-        if let Err(e) = session
-            .consume
-            .basic_cancel(session.tag.as_str().into(), BasicCancelOptions::default())
-            .await
-        {
-            tracing::warn!(error = %e, "cancelling the consumer failed");
+        // Stop: no new deliveries, but handle the ones already received.
+        for tag in &session.tags {
+            if let Err(e) = session
+                .consume
+                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                .await
+            {
+                tracing::warn!(error = %e, "cancelling a consumer failed");
+            }
         }
-        while let Some(Ok(delivery)) = session.consumer.next().await {
-            self.dispatch(delivery, &session, runtime, tracker, workers)
-                .await;
+        while let Some((entry, item)) = session.deliveries.next().await {
+            match item {
+                Some(Ok(delivery)) => {
+                    self.dispatch(
+                        entry,
+                        delivery,
+                        &session.replies,
+                        session.max_request_bytes,
+                        run,
+                    )
+                    .await
+                }
+                Some(Err(_)) => break,
+                None => {}
+            }
         }
         SessionEnd::Stopped {
             consume: session.consume,
@@ -592,29 +694,101 @@ impl Service {
 
     async fn dispatch(
         &self,
+        entry: Entry,
         delivery: Delivery,
-        session: &Session,
-        runtime: &Arc<ServiceRuntime>,
-        tracker: &TaskTracker,
-        workers: &Arc<Semaphore>,
+        replies: &Replier,
+        max_bytes: usize,
+        run: &Workers<'_>,
     ) {
-        let Ok(permit) = Arc::clone(workers).acquire_owned().await else {
+        let (runtime, tracker) = (run.runtime, run.tracker);
+        let Ok(permit) = Arc::clone(run.slots).acquire_owned().await else {
             return;
         };
-        let call = Call {
-            def: Arc::clone(&self.def),
-            runtime: Arc::clone(runtime),
-            replies: session.replies.clone(),
-            max_request_bytes: session.max_request_bytes,
-        };
-        tracker.spawn(call.handle(delivery, permit));
+        match entry {
+            Entry::Rpc => {
+                let call = Call {
+                    def: Arc::clone(&self.def),
+                    runtime: Arc::clone(runtime),
+                    replies: replies.clone(),
+                    max_request_bytes: max_bytes,
+                };
+                tracker.spawn(call.handle(delivery, permit));
+            }
+            Entry::Event(i) => {
+                let Some(handler) = self.def.event_handlers.get(i).cloned() else {
+                    return;
+                };
+                let call = EventCall {
+                    handler,
+                    runtime: Arc::clone(runtime),
+                    max_bytes,
+                };
+                tracker.spawn(call.handle(delivery, permit));
+            }
+        }
     }
 }
 
+/// Declares a durable topic exchange with nameko's flags.
+async fn declare_exchange(
+    channel: &Channel,
+    name: &str,
+    what: &'static str,
+) -> Result<(), SetupError> {
+    channel
+        .exchange_declare(
+            name.into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(SetupError::from_lapin(what))
+}
+
+async fn start_consumer(
+    channel: &Channel,
+    queue: &str,
+    service: &str,
+) -> Result<Consumer, SetupError> {
+    let tag = format!("{service}-{}", uuid::Uuid::new_v4());
+    channel
+        .basic_consume(
+            queue.into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(SetupError::from_lapin("consuming a queue"))
+}
+
+/// Where handled deliveries run: the service's runtime, the tracker a stop
+/// waits on, and the max_workers slots.
+struct Workers<'a> {
+    runtime: &'a Arc<ServiceRuntime>,
+    tracker: &'a TaskTracker,
+    slots: &'a Arc<Semaphore>,
+}
+
+/// Which entrypoint a delivery is for.
+#[derive(Clone, Copy, Debug)]
+enum Entry {
+    Rpc,
+    Event(usize),
+}
+
+type Deliveries = futures::stream::SelectAll<
+    futures::stream::BoxStream<'static, (Entry, Option<Result<Delivery, lapin::Error>>)>,
+>;
+
 struct Session {
     consume: Channel,
-    consumer: Consumer,
-    tag: String,
+    deliveries: Deliveries,
+    tags: Vec<String>,
     replies: Replier,
     max_request_bytes: usize,
 }
@@ -842,5 +1016,111 @@ impl Call {
         if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
             tracing::error!(error = %e, "acking the request failed; the broker will redeliver it");
         }
+    }
+}
+
+/// One event being handled.
+struct EventCall {
+    handler: EventHandlerEntry,
+    runtime: Arc<ServiceRuntime>,
+    max_bytes: usize,
+}
+
+impl EventCall {
+    async fn handle(self, delivery: Delivery, _permit: OwnedSemaphorePermit) {
+        let props = &delivery.properties;
+        let incoming = wire::read_context(props.headers().as_ref());
+        let ctx = Context::new(
+            Arc::clone(&self.runtime),
+            &self.handler.name,
+            incoming.call_id_stack,
+            incoming.data,
+            Origin {
+                correlation_id: None,
+                redelivered: delivery.redelivered,
+            },
+        );
+        let span = tracing::info_span!(
+            "event",
+            service = %self.runtime.name,
+            handler = %self.handler.name,
+            source = %self.handler.source_service,
+            event_type = %self.handler.event_type,
+            call_id = %ctx.call_id(),
+        );
+        async move {
+            let data = match decode_event(&delivery, self.max_bytes) {
+                Ok(data) => data,
+                Err(why) => {
+                    tracing::error!(error = %why, "undecodable event dropped");
+                    ack(&delivery).await;
+                    return;
+                }
+            };
+            let outcome = AssertUnwindSafe((self.handler.handler)(ctx, data)).catch_unwind().await;
+            let failure = match outcome {
+                Ok(Ok(())) => {
+                    self.handler.record(true);
+                    ack(&delivery).await;
+                    return;
+                }
+                Ok(Err(EventFailure::Undecodable(e))) => {
+                    // It can never succeed: requeueing would loop forever.
+                    tracing::error!(error = %e, "event data does not fit the handler; dropped");
+                    ack(&delivery).await;
+                    return;
+                }
+                Ok(Err(EventFailure::Failed(e))) => e,
+                Err(_) => "the handler panicked".to_owned(),
+            };
+            let failures = self.handler.record(false);
+            if self.handler.options.requeue_on_error {
+                let wait = self.handler.backoff(failures);
+                tracing::warn!(error = %failure, failures, retry_in_ms = wait.as_millis() as u64, "event handler failed; requeueing after a back-off");
+                tokio::select! {
+                    _ = self.runtime.shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                if let Err(e) = delivery.acker.reject(BasicRejectOptions { requeue: true }).await {
+                    tracing::error!(error = %e, "requeueing the event failed; the broker redelivers it when the channel closes");
+                }
+            } else {
+                tracing::error!(error = %failure, "event handler failed; event dropped");
+                ack(&delivery).await;
+            }
+        }
+        .instrument(span)
+        .await;
+    }
+}
+
+fn decode_event(delivery: &Delivery, max_bytes: usize) -> Result<serde_json::Value, String> {
+    if delivery.data.len() > max_bytes {
+        return Err(format!(
+            "event body is {} bytes; the limit is {max_bytes}",
+            delivery.data.len()
+        ));
+    }
+    let ct = delivery
+        .properties
+        .content_type()
+        .as_ref()
+        .map(|c| c.as_str())
+        .unwrap_or("");
+    if !ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .eq_ignore_ascii_case(wire::JSON_CONTENT_TYPE)
+    {
+        return Err(format!("unsupported content type {ct:?}"));
+    }
+    serde_json::from_slice(&delivery.data).map_err(|e| format!("event body is not JSON: {e}"))
+}
+
+async fn ack(delivery: &Delivery) {
+    if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
+        tracing::error!(error = %e, "acking failed; the broker will redeliver");
     }
 }

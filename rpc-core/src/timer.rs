@@ -47,9 +47,12 @@ impl Timer {
     }
 
     /// The `k`-th slot after `start`, counting from 1 (0 fires at start
-    /// when eager).
-    fn slot(&self, start: Instant, k: u32) -> Instant {
-        start + self.interval * k
+    /// when eager); `None` when it lies beyond what a clock can hold (an
+    /// interval of centuries, say).
+    fn slot(&self, start: Instant, k: u32) -> Option<Instant> {
+        self.interval
+            .checked_mul(k)
+            .and_then(|offset| start.checked_add(offset))
     }
 }
 
@@ -68,7 +71,11 @@ pub(crate) async fn run(entry: TimerEntry, runtime: Arc<ServiceRuntime>, stop: C
     let start = Instant::now();
     let mut k: u32 = if entry.timer.eager { 0 } else { 1 };
     loop {
-        let slot = entry.timer.slot(start, k);
+        let Some(slot) = entry.timer.slot(start, k) else {
+            // The next tick would never come.
+            stop.cancelled().await;
+            return;
+        };
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep_until(slot) => {}
@@ -198,7 +205,8 @@ mod tests {
     fn slots_are_anchored_at_start() {
         let start = Instant::now();
         let t = Timer::every(Duration::from_millis(250));
-        assert_eq!(t.slot(start, 0), start);
-        assert_eq!(t.slot(start, 4), start + Duration::from_secs(1));
+        assert_eq!(t.slot(start, 0), Some(start));
+        assert_eq!(t.slot(start, 4), Some(start + Duration::from_secs(1)));
+        assert_eq!(Timer::every(Duration::MAX).slot(start, 2), None);
     }
 }

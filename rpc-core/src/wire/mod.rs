@@ -52,6 +52,46 @@ pub fn reply_queue(service: &str, id: &str) -> String {
     format!("rpc.reply-{service}-{id}")
 }
 
+/// `{service}.events`: the topic exchange a service's events go to (§2).
+pub fn events_exchange(service: &str) -> String {
+    format!("{service}.events")
+}
+
+/// The queue of an event handler (§3): `evt-{src}-{type}--{service}.{method}`
+/// for a service pool, `evt-{src}-{type}` for a singleton, and the service
+/// pool name plus `-{identifier}` for a broadcast handler.
+pub fn event_queue(
+    source: &str,
+    event_type: &str,
+    service: &str,
+    method: &str,
+    handler_type: EventHandlerType,
+    broadcast_identifier: &str,
+) -> String {
+    match handler_type {
+        EventHandlerType::ServicePool => format!("evt-{source}-{event_type}--{service}.{method}"),
+        EventHandlerType::Singleton => format!("evt-{source}-{event_type}"),
+        EventHandlerType::Broadcast => {
+            format!("evt-{source}-{event_type}--{service}.{method}-{broadcast_identifier}")
+        }
+    }
+}
+
+/// How the instances of a service share the events one handler receives
+/// (nameko's `handler_type`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EventHandlerType {
+    /// One queue per service and handler: each event reaches one instance
+    /// of each subscribing service (nameko's default, `SERVICE_POOL`).
+    #[default]
+    ServicePool,
+    /// One queue per event type: each event reaches one handler in the
+    /// whole cluster (`SINGLETON`).
+    Singleton,
+    /// One queue per instance: every instance gets every event (`BROADCAST`).
+    Broadcast,
+}
+
 /// `{service}.{entrypoint}.{uuid4}`: the id of one worker (§4.1).
 pub fn new_call_id(service: &str, entrypoint: &str) -> String {
     format!("{service}.{entrypoint}.{}", uuid::Uuid::new_v4())
@@ -373,6 +413,24 @@ mod tests {
             decode_request(Some("application/json"), None, deep.as_bytes(), usize::MAX),
             Err(WireError::Json(_))
         ));
+    }
+
+    #[test]
+    fn event_queue_names() {
+        use EventHandlerType::*;
+        assert_eq!(events_exchange("svc"), "svc.events");
+        assert_eq!(
+            event_queue("src", "ping", "svc", "on_ping", ServicePool, "x"),
+            "evt-src-ping--svc.on_ping"
+        );
+        assert_eq!(
+            event_queue("src", "ping", "svc", "on_ping", Singleton, "x"),
+            "evt-src-ping"
+        );
+        assert_eq!(
+            event_queue("src", "ping", "svc", "on_ping", Broadcast, "abc"),
+            "evt-src-ping--svc.on_ping-abc"
+        );
     }
 
     #[test]

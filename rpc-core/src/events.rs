@@ -1,0 +1,476 @@
+//! Events, nameko-style (§8): a dispatcher that publishes to
+//! `{service}.events`, and handlers that subscribe with nameko's queue names,
+//! flags and acknowledgement rules, so Python and Rust services can send
+//! each other events.
+//!
+//! * [`EventDispatcher`] publishes with publisher confirms, routing key =
+//!   event type, the data as the raw JSON body. From a handler,
+//!   [`Context::dispatch`](crate::Context::dispatch) also sends the call's
+//!   context headers; a standalone dispatcher sends empty headers, as
+//!   nameko's does.
+//! * Handlers are registered with
+//!   [`ServiceBuilder::event_handler`](crate::ServiceBuilder::event_handler).
+//!   An event is acked after its handler finishes, whether it succeeded or
+//!   failed; with `requeue_on_error` a failure puts it back instead. Unlike
+//!   nameko, which redelivers a failing event in a tight loop, the requeue
+//!   waits for a back-off that doubles with each consecutive failure of the
+//!   handler (1 s up to 30 s by default), so a handler that keeps failing
+//!   costs a retry every 30 s, not a core. An event whose data cannot be
+//!   decoded into the handler's type can never succeed: it is logged and
+//!   dropped rather than requeued.
+
+use crate::config::Config;
+use crate::context::Context;
+use crate::error::ConnectError;
+use crate::link::Link;
+use crate::method::ArgumentError;
+use crate::wire::{self, EventHandlerType, WireError};
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use lapin::options::BasicPublishOptions;
+use lapin::types::FieldTable;
+use lapin::Confirmation;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Why an event was not published.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    /// The data cannot be serialised as JSON.
+    #[error("event data is not serialisable: {0}")]
+    Serialize(String),
+    /// A name the wire cannot carry.
+    #[error("invalid event: {0}")]
+    Invalid(#[from] WireError),
+    /// No connection within the configured `rpc_timeout`.
+    #[error("not connected to the broker: {0}")]
+    NotConnected(String),
+    /// The broker did not take the event (nack, or the channel failed).
+    #[error("the broker did not accept the event: {0}")]
+    Publish(String),
+    /// The dispatcher was closed.
+    #[error("the dispatcher is closed")]
+    Closed,
+}
+
+/// Publishes events; cheap to clone.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use rpc_core::{events::EventDispatcher, json, Config};
+/// let events = EventDispatcher::connect(Config::default()).await?;
+/// events.dispatch("person", "person_created", &json!({"id": 1})).await?;
+/// events.close().await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct EventDispatcher {
+    link: Arc<Link>,
+}
+
+impl std::fmt::Debug for EventDispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventDispatcher").finish_non_exhaustive()
+    }
+}
+
+impl EventDispatcher {
+    /// A standalone dispatcher (nameko's `event_dispatcher(config)`).
+    pub async fn connect(config: Config) -> Result<Self, ConnectError> {
+        Self::start("event dispatcher", config, CancellationToken::new()).await
+    }
+
+    pub(crate) async fn start(
+        name: &str,
+        config: Config,
+        stop: CancellationToken,
+    ) -> Result<Self, ConnectError> {
+        let link = Link::start(name, config, None, stop).await?;
+        Ok(EventDispatcher {
+            link: Arc::new(link),
+        })
+    }
+
+    /// Publishes `data` as event `event_type` of `source_service`, with
+    /// empty headers, and waits for the broker's confirm. The exchange
+    /// `{source_service}.events` is declared first (nameko's standalone
+    /// dispatcher does not, and fails with 404 when it does not exist yet).
+    pub async fn dispatch<T: Serialize + ?Sized>(
+        &self,
+        source_service: &str,
+        event_type: &str,
+        data: &T,
+    ) -> Result<(), DispatchError> {
+        self.publish(source_service, event_type, data, FieldTable::default())
+            .await
+    }
+
+    pub(crate) async fn publish<T: Serialize + ?Sized>(
+        &self,
+        source_service: &str,
+        event_type: &str,
+        data: &T,
+        headers: FieldTable,
+    ) -> Result<(), DispatchError> {
+        let exchange = wire::short_string(&wire::events_exchange(source_service))?;
+        let routing_key = wire::short_string(event_type)?;
+        let body = wire::json::to_vec(data).map_err(|e| DispatchError::Serialize(e.to_string()))?;
+        let config = &self.link.config;
+        let deadline = crate::proxy::deadline_after(config.rpc_timeout);
+        let session = match tokio::time::timeout_at(deadline, self.link.session()).await {
+            Ok(Ok(session)) => session,
+            Ok(Err(())) => return Err(DispatchError::Closed),
+            Err(_) => {
+                return Err(DispatchError::NotConnected(
+                    self.link
+                        .down_reason()
+                        .unwrap_or_else(|| "timed out".into()),
+                ))
+            }
+        };
+        let failed = |e: lapin::Error| DispatchError::Publish(e.to_string());
+        let publish = async {
+            session
+                .ensure_topic_exchange(&exchange)
+                .await
+                .map_err(failed)?;
+            session
+                .channel
+                .basic_publish(
+                    exchange.clone(),
+                    routing_key,
+                    BasicPublishOptions::default(),
+                    &body,
+                    wire::event_properties(headers, config.delivery_mode()),
+                )
+                .await
+                .map_err(failed)?
+                .await
+                .map_err(failed)
+        };
+        match tokio::time::timeout_at(deadline, publish).await {
+            Err(_) => Err(DispatchError::Publish(
+                "no confirm within the timeout".into(),
+            )),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(Confirmation::Nack(_))) => {
+                Err(DispatchError::Publish("the broker nacked the event".into()))
+            }
+            Ok(Ok(_)) => {
+                tracing::debug!(source = source_service, event_type, "event dispatched");
+                Ok(())
+            }
+        }
+    }
+
+    /// Closes the connection.
+    pub async fn close(&self) {
+        self.link.close().await;
+    }
+}
+
+/// How a handler subscribes: nameko's `handler_type`, `reliable_delivery`,
+/// `requeue_on_error` and `broadcast_identifier`, plus the back-off between
+/// requeues.
+#[derive(Clone, Debug)]
+pub struct EventHandlerOptions {
+    pub(crate) handler_type: EventHandlerType,
+    pub(crate) reliable_delivery: bool,
+    pub(crate) requeue_on_error: bool,
+    pub(crate) broadcast_identifier: Option<String>,
+    pub(crate) retry_delay: Duration,
+    pub(crate) max_retry_delay: Duration,
+}
+
+impl Default for EventHandlerOptions {
+    fn default() -> Self {
+        EventHandlerOptions {
+            handler_type: EventHandlerType::ServicePool,
+            reliable_delivery: true,
+            requeue_on_error: false,
+            broadcast_identifier: None,
+            retry_delay: Duration::from_secs(1),
+            max_retry_delay: Duration::from_secs(30),
+        }
+    }
+}
+
+impl EventHandlerOptions {
+    /// One queue per service and handler (the default).
+    pub fn service_pool() -> Self {
+        Self::default()
+    }
+
+    /// One queue per event type for the whole cluster.
+    pub fn singleton() -> Self {
+        EventHandlerOptions {
+            handler_type: EventHandlerType::Singleton,
+            ..Self::default()
+        }
+    }
+
+    /// One queue per instance. nameko requires either
+    /// `reliable_delivery(false)` (an exclusive, auto-delete queue that
+    /// loses events while the instance is away) or a stable
+    /// [`broadcast_identifier`](Self::broadcast_identifier).
+    pub fn broadcast() -> Self {
+        EventHandlerOptions {
+            handler_type: EventHandlerType::Broadcast,
+            ..Self::default()
+        }
+    }
+
+    /// Keep the queue while no consumer is connected (default true); false
+    /// makes it auto-delete.
+    #[must_use]
+    pub fn reliable_delivery(mut self, on: bool) -> Self {
+        self.reliable_delivery = on;
+        self
+    }
+
+    /// Put an event back when its handler fails (default false: log and
+    /// drop).
+    #[must_use]
+    pub fn requeue_on_error(mut self, on: bool) -> Self {
+        self.requeue_on_error = on;
+        self
+    }
+
+    /// The identifier a broadcast queue's name ends with (default: a fresh
+    /// uuid per start).
+    #[must_use]
+    pub fn broadcast_identifier(mut self, id: &str) -> Self {
+        self.broadcast_identifier = Some(id.to_owned());
+        self
+    }
+
+    /// First and longest wait before a failed event is requeued.
+    #[must_use]
+    pub fn retry_delay(mut self, first: Duration, max: Duration) -> Self {
+        self.retry_delay = first;
+        self.max_retry_delay = max.max(first);
+        self
+    }
+
+    /// The handler type.
+    pub fn handler_type(&self) -> EventHandlerType {
+        self.handler_type
+    }
+}
+
+pub(crate) type ErasedEventHandler =
+    Arc<dyn Fn(Context, Value) -> BoxFuture<'static, Result<(), EventFailure>> + Send + Sync>;
+
+pub(crate) enum EventFailure {
+    /// The data does not fit the handler's type: it never will.
+    Undecodable(ArgumentError),
+    /// The handler failed.
+    Failed(String),
+}
+
+/// A registered event handler.
+#[derive(Clone)]
+pub(crate) struct EventHandlerEntry {
+    pub(crate) name: String,
+    pub(crate) source_service: String,
+    pub(crate) event_type: String,
+    pub(crate) options: EventHandlerOptions,
+    pub(crate) handler: ErasedEventHandler,
+    /// Consecutive failures, for the requeue back-off.
+    pub(crate) failures: Arc<AtomicU32>,
+}
+
+impl EventHandlerEntry {
+    pub(crate) fn new<T, F, Fut, E>(
+        name: &str,
+        source_service: &str,
+        event_type: &str,
+        options: EventHandlerOptions,
+        handler: F,
+    ) -> Self
+    where
+        T: DeserializeOwned + Send + 'static,
+        F: Fn(Context, T) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        let handler = Arc::new(handler);
+        let method: Arc<str> = Arc::from(name);
+        let erased: ErasedEventHandler = Arc::new(move |ctx, data| {
+            let handler = Arc::clone(&handler);
+            let method = Arc::clone(&method);
+            async move {
+                let data: T = serde_json::from_value(data).map_err(|e| {
+                    EventFailure::Undecodable(ArgumentError {
+                        method: method.to_string(),
+                        param: "event data".into(),
+                        message: e.to_string(),
+                    })
+                })?;
+                handler(ctx, data)
+                    .await
+                    .map_err(|e| EventFailure::Failed(e.to_string()))
+            }
+            .boxed()
+        });
+        EventHandlerEntry {
+            name: name.to_owned(),
+            source_service: source_service.to_owned(),
+            event_type: event_type.to_owned(),
+            options,
+            handler: erased,
+            failures: Arc::new(AtomicU32::new(0)),
+        }
+    }
+
+    /// nameko refuses a reliable broadcast handler with the default
+    /// (per-start) identifier: its queue would outlive the instance and fill
+    /// up forever.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        let o = &self.options;
+        if o.handler_type == EventHandlerType::Broadcast
+            && o.reliable_delivery
+            && o.broadcast_identifier.is_none()
+        {
+            return Err(format!(
+                "event handler {}: a broadcast handler needs reliable_delivery(false) or a broadcast_identifier",
+                self.name
+            ));
+        }
+        Ok(())
+    }
+
+    /// Wait before requeueing after the `n`-th consecutive failure.
+    pub(crate) fn backoff(&self, n: u32) -> Duration {
+        let o = &self.options;
+        let factor = 2u32.saturating_pow(n.saturating_sub(1).min(16));
+        o.retry_delay.saturating_mul(factor).min(o.max_retry_delay)
+    }
+
+    pub(crate) fn record(&self, ok: bool) -> u32 {
+        if ok {
+            self.failures.store(0, Ordering::Relaxed);
+            0
+        } else {
+            self.failures
+                .fetch_add(1, Ordering::Relaxed)
+                .saturating_add(1)
+        }
+    }
+}
+
+/// The queue declaration of a handler: name, and the flags nameko uses.
+pub(crate) struct QueueSpec {
+    pub(crate) name: String,
+    pub(crate) durable: bool,
+    pub(crate) exclusive: bool,
+    pub(crate) auto_delete: bool,
+}
+
+impl EventHandlerEntry {
+    pub(crate) fn queue(&self, service: &str, broadcast_identifier: &str) -> QueueSpec {
+        let o = &self.options;
+        let name = wire::event_queue(
+            &self.source_service,
+            &self.event_type,
+            service,
+            &self.name,
+            o.handler_type,
+            o.broadcast_identifier
+                .as_deref()
+                .unwrap_or(broadcast_identifier),
+        );
+        let (exclusive, auto_delete) = match o.handler_type {
+            EventHandlerType::Broadcast => {
+                let exclusive = !o.reliable_delivery;
+                (exclusive, exclusive || !o.reliable_delivery)
+            }
+            _ => (false, !o.reliable_delivery),
+        };
+        QueueSpec {
+            name,
+            durable: true,
+            exclusive,
+            auto_delete,
+        }
+    }
+}
+
+/// Context data a dispatch from a handler carries, as headers.
+pub(crate) fn context_headers(stack: &[String], data: &BTreeMap<String, Value>) -> FieldTable {
+    wire::write_context(stack, data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(options: EventHandlerOptions) -> EventHandlerEntry {
+        EventHandlerEntry::new(
+            "on_ping",
+            "src",
+            "ping",
+            options,
+            |_c: Context, _d: Value| async { Ok::<(), String>(()) },
+        )
+    }
+
+    #[test]
+    fn queue_flags_follow_nameko() {
+        let q = entry(EventHandlerOptions::service_pool()).queue("svc", "id");
+        assert_eq!(
+            (q.name.as_str(), q.durable, q.exclusive, q.auto_delete),
+            ("evt-src-ping--svc.on_ping", true, false, false)
+        );
+        let q =
+            entry(EventHandlerOptions::service_pool().reliable_delivery(false)).queue("svc", "id");
+        assert!(q.auto_delete && !q.exclusive);
+        let q = entry(EventHandlerOptions::singleton()).queue("svc", "id");
+        assert_eq!(q.name, "evt-src-ping");
+        let q =
+            entry(EventHandlerOptions::broadcast().reliable_delivery(false)).queue("svc", "abc");
+        assert_eq!(
+            (q.name.as_str(), q.exclusive, q.auto_delete),
+            ("evt-src-ping--svc.on_ping-abc", true, true)
+        );
+        let q = entry(EventHandlerOptions::broadcast().broadcast_identifier("fixed"))
+            .queue("svc", "abc");
+        assert_eq!(
+            (q.name.as_str(), q.exclusive, q.auto_delete),
+            ("evt-src-ping--svc.on_ping-fixed", false, false)
+        );
+    }
+
+    #[test]
+    fn reliable_broadcast_needs_an_identifier() {
+        assert!(entry(EventHandlerOptions::broadcast()).check().is_err());
+        assert!(
+            entry(EventHandlerOptions::broadcast().reliable_delivery(false))
+                .check()
+                .is_ok()
+        );
+        assert!(
+            entry(EventHandlerOptions::broadcast().broadcast_identifier("x"))
+                .check()
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let e = entry(
+            EventHandlerOptions::default()
+                .retry_delay(Duration::from_millis(100), Duration::from_secs(1)),
+        );
+        let waits: Vec<u128> = (1..=6).map(|n| e.backoff(n).as_millis()).collect();
+        assert_eq!(waits, vec![100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(e.backoff(u32::MAX), Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,402 @@
+//! A supervised client connection, shared by [`RpcProxy`](crate::RpcProxy)
+//! and [`EventDispatcher`](crate::events::EventDispatcher).
+//!
+//! A link owns one connection and a publisher-confirm channel on it, and,
+//! for a proxy, a reply queue consumed without acks. A task watches the
+//! connection: when it dies, whoever waits for a reply is told at once, and
+//! the link reconnects with backoff and declares its reply queue again.
+//! Users take the current [`Session`] and wait (within their own deadline)
+//! while the link is down.
+
+use crate::config::Config;
+use crate::connection;
+use crate::error::ConnectError;
+use crate::wire;
+use futures::StreamExt;
+use lapin::options::{
+    BasicConsumeOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, Connection, Consumer, ExchangeKind};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Receives what arrives on a link's reply queue.
+pub(crate) trait ReplySink: Send + Sync + 'static {
+    /// A reply arrived.
+    fn deliver(&self, correlation_id: Option<&str>, body: Vec<u8>);
+    /// The connection died: replies still awaited will not come.
+    fn lost(&self, reason: &str);
+}
+
+/// A reply queue for the link to declare (as nameko does) and consume.
+pub(crate) struct Replies {
+    pub(crate) queue: String,
+    pub(crate) routing_key: String,
+    pub(crate) sink: Arc<dyn ReplySink>,
+}
+
+/// What users of a link publish on while it is up.
+#[derive(Clone)]
+pub(crate) struct Session {
+    pub(crate) channel: Channel,
+    /// Exchanges already declared on this connection.
+    declared: Arc<Mutex<HashSet<String>>>,
+}
+
+impl Session {
+    /// Declares a durable topic exchange once per connection (nameko
+    /// declares `{service}.events` before publishing to it).
+    pub(crate) async fn ensure_topic_exchange(
+        &self,
+        name: &lapin::types::ShortString,
+    ) -> Result<(), lapin::Error> {
+        let known = self
+            .declared
+            .lock()
+            .map(|set| set.contains(name.as_str()))
+            .unwrap_or(false);
+        if known {
+            return Ok(());
+        }
+        self.channel
+            .exchange_declare(
+                name.clone(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        if let Ok(mut set) = self.declared.lock() {
+            set.insert(name.as_str().to_owned());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone)]
+pub(crate) enum LinkState {
+    Up(Session),
+    Down(String),
+    Closed,
+}
+
+/// A supervised connection; see the module docs.
+pub(crate) struct Link {
+    pub(crate) config: Config,
+    state: watch::Receiver<LinkState>,
+    stop: CancellationToken,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl Link {
+    /// Connects (retrying as the config says), sets up, and starts watching.
+    pub(crate) async fn start(
+        name: &str,
+        config: Config,
+        replies: Option<Replies>,
+        stop: CancellationToken,
+    ) -> Result<Link, ConnectError> {
+        let options = config.connect_options(name.to_owned());
+        let conn = connection::connect(&config.amqp_uri, &options, &stop).await?;
+        let setup = setup(&conn, &config, replies.as_ref()).await?;
+        let (state_tx, state_rx) = watch::channel(LinkState::Up(setup.session.clone()));
+        let supervisor = Supervisor {
+            name: name.to_owned(),
+            config: config.clone(),
+            replies,
+            state: state_tx,
+            stop: stop.clone(),
+        };
+        let task = tokio::spawn(supervisor.run(conn, setup));
+        Ok(Link {
+            config,
+            state: state_rx,
+            stop,
+            task: Mutex::new(Some(task)),
+        })
+    }
+
+    /// The current session, waiting while the link reconnects. `Err` holds
+    /// why there is none: the link was closed.
+    pub(crate) async fn session(&self) -> Result<Session, ()> {
+        let mut rx = self.state.clone();
+        let state = rx
+            .wait_for(|s| !matches!(s, LinkState::Down(_)))
+            .await
+            .map_err(|_| ())?;
+        match &*state {
+            LinkState::Up(session) => Ok(session.clone()),
+            _ => Err(()),
+        }
+    }
+
+    /// Why the link is down, when it is.
+    pub(crate) fn down_reason(&self) -> Option<String> {
+        match &*self.state.borrow() {
+            LinkState::Down(reason) => Some(reason.clone()),
+            _ => None,
+        }
+    }
+
+    /// Whether the link has a live connection now.
+    pub(crate) fn is_up(&self) -> bool {
+        matches!(&*self.state.borrow(), LinkState::Up(_))
+    }
+
+    /// Stops the link: deletes its reply queue and closes the connection.
+    pub(crate) async fn close(&self) {
+        self.stop.cancel();
+        let task = self
+            .task
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+}
+
+struct Setup {
+    session: Session,
+    consume: Option<(Channel, Consumer)>,
+}
+
+async fn setup(
+    conn: &Connection,
+    config: &Config,
+    replies: Option<&Replies>,
+) -> Result<Setup, ConnectError> {
+    let refused = |what: &str| {
+        let what = what.to_owned();
+        move |e: lapin::Error| ConnectError::Refused {
+            what,
+            reason: e.to_string(),
+        }
+    };
+    let consume = match replies {
+        None => None,
+        Some(r) => {
+            let ch = conn.create_channel().await.map_err(refused("a channel"))?;
+            ch.exchange_declare(
+                config.rpc_exchange.as_str().into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(refused("the RPC exchange declaration"))?;
+            let mut args = FieldTable::default();
+            args.insert(
+                "x-expires".into(),
+                AMQPValue::LongInt(wire::REPLY_QUEUE_EXPIRES_MS),
+            );
+            ch.queue_declare(
+                r.queue.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                args,
+            )
+            .await
+            .map_err(refused("the reply queue declaration"))?;
+            ch.queue_bind(
+                r.queue.as_str().into(),
+                config.rpc_exchange.as_str().into(),
+                r.routing_key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(refused("the reply queue binding"))?;
+            // Replies are consumed without acks: a reply nobody waits for
+            // any more is worthless, and acks would cost the broker a frame
+            // per call.
+            let consumer = ch
+                .basic_consume(
+                    r.queue.as_str().into(),
+                    format!("reply-{}", r.routing_key).into(),
+                    BasicConsumeOptions {
+                        no_ack: true,
+                        ..BasicConsumeOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(refused("consuming the reply queue"))?;
+            Some((ch, consumer))
+        }
+    };
+    let publish = conn.create_channel().await.map_err(refused("a channel"))?;
+    publish
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(refused("publisher confirms"))?;
+    Ok(Setup {
+        session: Session {
+            channel: publish,
+            declared: Arc::default(),
+        },
+        consume,
+    })
+}
+
+struct Supervisor {
+    name: String,
+    config: Config,
+    replies: Option<Replies>,
+    state: watch::Sender<LinkState>,
+    stop: CancellationToken,
+}
+
+impl Supervisor {
+    async fn run(self, mut conn: Connection, mut setup: Setup) {
+        loop {
+            let lost = self.watch(&conn, &mut setup).await;
+            let Some(reason) = lost else {
+                self.shut_down(conn, setup).await;
+                return;
+            };
+            tracing::warn!(link = %self.name, broker = %self.config.amqp_uri.endpoint(), reason = %reason, "lost the broker connection; reconnecting");
+            self.state.send_replace(LinkState::Down(reason.clone()));
+            if let Some(r) = &self.replies {
+                r.sink.lost(&reason);
+            }
+            let _ = conn.close(320, "reconnecting".into()).await;
+            match self.reconnect().await {
+                Some((c, s)) => {
+                    conn = c;
+                    setup = s;
+                }
+                None => {
+                    self.state.send_replace(LinkState::Closed);
+                    if let Some(r) = &self.replies {
+                        r.sink.lost("the link was closed");
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Routes replies until the connection fails (`Some(reason)`) or the
+    /// link is stopped (`None`).
+    async fn watch(&self, conn: &Connection, setup: &mut Setup) -> Option<String> {
+        let mut events = conn.events_listener();
+        loop {
+            let delivery = match &mut setup.consume {
+                Some((_, consumer)) => {
+                    tokio::select! {
+                        _ = self.stop.cancelled() => return None,
+                        event = events.next() => match event {
+                            Some(lapin::Event::Error(e)) => return Some(e.to_string()),
+                            Some(_) => continue,
+                            None => return Some("the connection ended".to_owned()),
+                        },
+                        d = consumer.next() => d,
+                    }
+                }
+                None => {
+                    tokio::select! {
+                        _ = self.stop.cancelled() => return None,
+                        event = events.next() => match event {
+                            Some(lapin::Event::Error(e)) => return Some(e.to_string()),
+                            Some(_) => continue,
+                            None => return Some("the connection ended".to_owned()),
+                        },
+                    }
+                }
+            };
+            match delivery {
+                Some(Ok(delivery)) => {
+                    if let Some(r) = &self.replies {
+                        let id = delivery
+                            .properties
+                            .correlation_id()
+                            .as_ref()
+                            .map(|s| s.as_str());
+                        r.sink.deliver(id, delivery.data);
+                    }
+                }
+                Some(Err(e)) => return Some(e.to_string()),
+                None => return Some("the broker cancelled the reply consumer".to_owned()),
+            }
+        }
+    }
+
+    async fn reconnect(&self) -> Option<(Connection, Setup)> {
+        let options = self.config.connect_options(self.name.clone());
+        let mut delay = self.config.connect_retry.initial;
+        loop {
+            let conn = match connection::connect(&self.config.amqp_uri, &options, &self.stop).await
+            {
+                Ok(conn) => conn,
+                Err(ConnectError::Shutdown) => return None,
+                Err(e) => {
+                    tracing::error!(link = %self.name, error = %e, "gave up reconnecting");
+                    return None;
+                }
+            };
+            match setup(&conn, &self.config, self.replies.as_ref()).await {
+                Ok(setup) => {
+                    tracing::info!(link = %self.name, broker = %self.config.amqp_uri.endpoint(), "reconnected");
+                    self.state
+                        .send_replace(LinkState::Up(setup.session.clone()));
+                    return Some((conn, setup));
+                }
+                Err(e) => {
+                    tracing::warn!(link = %self.name, error = %e, "setting up after reconnecting failed; retrying");
+                    let _ = conn.close(320, "retrying".into()).await;
+                    tokio::select! {
+                        _ = self.stop.cancelled() => return None,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(self.config.connect_retry.max);
+                }
+            }
+        }
+    }
+
+    /// Closes everything in order (reply queue, channels, connection) so the
+    /// broker sees a clean close and nothing is closed twice.
+    async fn shut_down(&self, conn: Connection, setup: Setup) {
+        self.state.send_replace(LinkState::Closed);
+        if let Some(r) = &self.replies {
+            r.sink.lost("the proxy was closed");
+        }
+        if let Some((channel, consumer)) = setup.consume {
+            if let Some(r) = &self.replies {
+                // The reply queue is ours alone (its name holds a fresh
+                // uuid), so it is deleted rather than left to expire.
+                if let Err(e) = channel
+                    .queue_delete(r.queue.as_str().into(), QueueDeleteOptions::default())
+                    .await
+                {
+                    tracing::debug!(error = %e, "could not delete the reply queue; it expires in 5 minutes");
+                }
+            }
+            drop(consumer);
+            let _ = channel.close(200, "OK".into()).await;
+        }
+        let _ = setup.session.channel.close(200, "OK".into()).await;
+        let _ = conn.close(200, "OK".into()).await;
+    }
+}

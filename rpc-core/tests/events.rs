@@ -1,0 +1,492 @@
+//! Events against the real broker: dispatch from a handler and standalone,
+//! the three handler types across instances, ack and requeue rules, the
+//! back-off that replaces nameko's tight redelivery loop, and declarations
+//! compatible with nameko's flags.
+
+mod common;
+
+use common::config;
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use rpc_core::{
+    json, Args, Config, Context, EventDispatcher, EventHandlerOptions, RpcError, RpcProxy, Service,
+    ServiceHandle, Signature, Value,
+};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use test_support::{unique_name, Cleanup};
+use tokio::sync::mpsc;
+
+type Seen = mpsc::UnboundedReceiver<(String, Value, Vec<String>)>;
+
+/// A service `name` with one handler of `source`'s `event_type`, which
+/// reports (instance tag, data, call-id stack) for each event.
+async fn listener(
+    name: &str,
+    tag: &str,
+    source: &str,
+    event_type: &str,
+    options: EventHandlerOptions,
+    config: &Config,
+) -> (ServiceHandle, Seen) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let tag = tag.to_owned();
+    let mut handle = Service::builder(name)
+        .event_handler(
+            "on_event",
+            source,
+            event_type,
+            options,
+            move |ctx: Context, data: Value| {
+                let tx = tx.clone();
+                let tag = tag.clone();
+                async move {
+                    let _ = tx.send((tag, data, ctx.call_id_stack().to_vec()));
+                    Ok::<(), String>(())
+                }
+            },
+        )
+        .build()
+        .spawn(config.clone());
+    handle.ready().await.expect("listener starts");
+    (handle, rx)
+}
+
+async fn next(rx: &mut Seen) -> (String, Value, Vec<String>) {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("an event within 10 s")
+        .expect("listener alive")
+}
+
+async fn nothing_more(rx: &mut Seen) {
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), rx.recv())
+            .await
+            .is_err(),
+        "unexpected extra event"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dispatch_from_a_handler_carries_the_context() {
+    let config = config();
+    let source = unique_name("emitter");
+    let sink = unique_name("sink");
+    let _cleanup = Cleanup::new()
+        .service(&source)
+        .queue(&format!("evt-{source}-ping--{sink}.on_event"))
+        .exchange(&format!("{source}.events"));
+    let (sink_handle, mut seen) = listener(
+        &sink,
+        "a",
+        &source,
+        "ping",
+        EventHandlerOptions::service_pool(),
+        &config,
+    )
+    .await;
+    let mut emitter = Service::builder(&source)
+        .method(
+            "emit",
+            Signature::new().param("data"),
+            |ctx: Context, (data,): (Value,)| async move {
+                ctx.dispatch("ping", &data)
+                    .await
+                    .map_err(|e| RpcError::internal(e.to_string()))?;
+                Ok::<_, RpcError>(ctx.call_id().to_owned())
+            },
+        )
+        .build()
+        .spawn(config.clone());
+    emitter.ready().await.unwrap();
+
+    let mut data = std::collections::BTreeMap::new();
+    data.insert("user_id".to_owned(), json!("u9"));
+    let proxy = RpcProxy::connect(config.clone())
+        .await
+        .unwrap()
+        .with_context_data(data);
+    let emitter_call_id = proxy
+        .call(&source, "emit", Args::new().arg(json!({"a": 1})))
+        .await
+        .unwrap();
+    let (_, got, stack) = next(&mut seen).await;
+    assert_eq!(got, json!({"a": 1}));
+    assert_eq!(stack.len(), 3, "{stack:?}");
+    assert_eq!(stack[0], proxy.call_id_stack()[0]);
+    assert_eq!(json!(stack[1]), emitter_call_id);
+    assert!(stack[2].starts_with(&format!("{sink}.on_event.")));
+
+    // A standalone dispatcher sends no context: the handler's stack is new.
+    let events = EventDispatcher::connect(config.clone()).await.unwrap();
+    events
+        .dispatch(&source, "ping", &json!({"standalone": true}))
+        .await
+        .unwrap();
+    let (_, got, stack) = next(&mut seen).await;
+    assert_eq!(got, json!({"standalone": true}));
+    assert_eq!(stack.len(), 1);
+    // An event type nobody listens to is dropped by the broker, not an error.
+    events
+        .dispatch(&source, "unheard", &json!(1))
+        .await
+        .unwrap();
+    nothing_more(&mut seen).await;
+
+    events.close().await;
+    proxy.close().await;
+    emitter.shutdown().await.unwrap();
+    sink_handle.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handler_types_share_events_as_nameko_does() {
+    let config = config();
+    let source = unique_name("src");
+    let (svc_a, svc_b) = (unique_name("pool_a"), unique_name("pool_b"));
+    let _cleanup = Cleanup::new()
+        .queue(&format!("evt-{source}-pool--{svc_a}.on_event"))
+        .queue(&format!("evt-{source}-pool--{svc_b}.on_event"))
+        .queue(&format!("evt-{source}-single"))
+        .exchange(&format!("{source}.events"));
+    let events = EventDispatcher::connect(config.clone()).await.unwrap();
+
+    // Service pool: two instances of A share one queue; B has its own.
+    let (a1, mut a1_seen) = listener(
+        &svc_a,
+        "a1",
+        &source,
+        "pool",
+        EventHandlerOptions::service_pool(),
+        &config,
+    )
+    .await;
+    let (a2, mut a2_seen) = listener(
+        &svc_a,
+        "a2",
+        &source,
+        "pool",
+        EventHandlerOptions::service_pool(),
+        &config,
+    )
+    .await;
+    let (b, mut b_seen) = listener(
+        &svc_b,
+        "b",
+        &source,
+        "pool",
+        EventHandlerOptions::service_pool(),
+        &config,
+    )
+    .await;
+    for i in 0..10 {
+        events.dispatch(&source, "pool", &json!(i)).await.unwrap();
+    }
+    let mut a_total = 0;
+    let mut b_total = 0;
+    while a_total + b_total < 20 {
+        tokio::select! {
+            Some(_) = a1_seen.recv() => a_total += 1,
+            Some(_) = a2_seen.recv() => a_total += 1,
+            Some(_) = b_seen.recv() => b_total += 1,
+            _ = tokio::time::sleep(Duration::from_secs(10)) => panic!("events missing: a={a_total} b={b_total}"),
+        }
+    }
+    assert_eq!((a_total, b_total), (10, 10));
+    nothing_more(&mut a1_seen).await;
+    nothing_more(&mut a2_seen).await;
+    for h in [a1, a2, b] {
+        h.shutdown().await.unwrap();
+    }
+
+    // Singleton: one queue per event type, across services.
+    let (s1, mut s1_seen) = listener(
+        &svc_a,
+        "s1",
+        &source,
+        "single",
+        EventHandlerOptions::singleton(),
+        &config,
+    )
+    .await;
+    let (s2, mut s2_seen) = listener(
+        &svc_b,
+        "s2",
+        &source,
+        "single",
+        EventHandlerOptions::singleton(),
+        &config,
+    )
+    .await;
+    for i in 0..6 {
+        events.dispatch(&source, "single", &json!(i)).await.unwrap();
+    }
+    let mut total = 0;
+    while total < 6 {
+        tokio::select! {
+            Some(_) = s1_seen.recv() => total += 1,
+            Some(_) = s2_seen.recv() => total += 1,
+            _ = tokio::time::sleep(Duration::from_secs(10)) => panic!("singleton events missing: {total}"),
+        }
+    }
+    nothing_more(&mut s1_seen).await;
+    nothing_more(&mut s2_seen).await;
+    s1.shutdown().await.unwrap();
+    s2.shutdown().await.unwrap();
+
+    // Broadcast: every instance gets every event.
+    let opts = EventHandlerOptions::broadcast().reliable_delivery(false);
+    let (c1, mut c1_seen) = listener(&svc_a, "c1", &source, "bcast", opts.clone(), &config).await;
+    let (c2, mut c2_seen) = listener(&svc_a, "c2", &source, "bcast", opts, &config).await;
+    for i in 0..3 {
+        events.dispatch(&source, "bcast", &json!(i)).await.unwrap();
+    }
+    // Handlers run concurrently, so compare sets, not order.
+    for seen in [&mut c1_seen, &mut c2_seen] {
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            got.push(next(seen).await.1.as_i64().unwrap());
+        }
+        got.sort_unstable();
+        assert_eq!(got, vec![0, 1, 2]);
+        nothing_more(seen).await;
+    }
+    c1.shutdown().await.unwrap();
+    c2.shutdown().await.unwrap();
+    events.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reliable_broadcast_without_identifier_is_refused() {
+    let config = config();
+    let mut handle = Service::builder(&unique_name("bad"))
+        .event_handler(
+            "h",
+            "src",
+            "x",
+            EventHandlerOptions::broadcast(),
+            |_c: Context, _d: Value| async { Ok::<(), String>(()) },
+        )
+        .build()
+        .spawn(config);
+    let err = handle.ready().await.unwrap_err().to_string();
+    assert!(err.contains("broadcast"), "{err}");
+}
+
+/// A service whose handler fails while `fail_while(attempt)` holds.
+async fn failing(
+    name: &str,
+    source: &str,
+    options: EventHandlerOptions,
+    fail_while: fn(usize) -> bool,
+    config: &Config,
+) -> (ServiceHandle, Arc<Mutex<Vec<Instant>>>) {
+    let attempts = Arc::new(Mutex::new(Vec::new()));
+    let seen = attempts.clone();
+    let mut handle = Service::builder(name)
+        .event_handler(
+            "on_event",
+            source,
+            "work",
+            options,
+            move |_ctx: Context, _data: u32| {
+                let seen = seen.clone();
+                async move {
+                    let n = {
+                        let mut a = seen.lock().unwrap();
+                        a.push(Instant::now());
+                        a.len()
+                    };
+                    if fail_while(n) {
+                        Err(format!("attempt {n} fails"))
+                    } else {
+                        Ok(())
+                    }
+                }
+            },
+        )
+        .build()
+        .spawn(config.clone());
+    handle.ready().await.unwrap();
+    (handle, attempts)
+}
+
+async fn queue_depth(queue: &str) -> u32 {
+    let conn = lapin::Connection::connect(
+        &test_support::broker_uri(),
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let q = ch
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let _ = conn.close(200, "OK".into()).await;
+    q.message_count()
+}
+
+async fn wait_for_attempts(attempts: &Arc<Mutex<Vec<Instant>>>, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while attempts.lock().unwrap().len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "only {} attempts",
+            attempts.lock().unwrap().len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requeue_on_error_retries_with_a_back_off_not_a_tight_loop() {
+    let config = config();
+    let source = unique_name("src");
+    let name = unique_name("retrying");
+    let queue = format!("evt-{source}-work--{name}.on_event");
+    let _cleanup = Cleanup::new()
+        .queue(&queue)
+        .exchange(&format!("{source}.events"));
+    let options = EventHandlerOptions::service_pool()
+        .requeue_on_error(true)
+        .retry_delay(Duration::from_millis(100), Duration::from_millis(400));
+
+    // Fails twice, then succeeds: the event is redelivered until handled.
+    let (handle, attempts) = failing(&name, &source, options.clone(), |n| n <= 2, &config).await;
+    let events = EventDispatcher::connect(config.clone()).await.unwrap();
+    events.dispatch(&source, "work", &7).await.unwrap();
+    wait_for_attempts(&attempts, 3).await;
+    let times = attempts.lock().unwrap().clone();
+    assert!(
+        times[1] - times[0] >= Duration::from_millis(100),
+        "first retry too soon"
+    );
+    assert!(
+        times[2] - times[1] >= Duration::from_millis(200),
+        "second retry too soon"
+    );
+    handle.shutdown().await.unwrap();
+    assert_eq!(queue_depth(&queue).await, 0, "handled at last, and acked");
+
+    // Always fails: over a second it is tried a handful of times, where
+    // nameko's immediate requeue would run it thousands of times.
+    let (handle, attempts) = failing(&name, &source, options, |_| true, &config).await;
+    events.dispatch(&source, "work", &8).await.unwrap();
+    wait_for_attempts(&attempts, 1).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let n = attempts.lock().unwrap().len();
+    assert!((2..=6).contains(&n), "{n} attempts in about a second");
+    // Stopping does not lose it: it goes back to the queue.
+    handle.shutdown().await.unwrap();
+    assert_eq!(queue_depth(&queue).await, 1);
+    events.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_without_requeue_and_undecodable_events_are_dropped() {
+    let config = config();
+    let source = unique_name("src");
+    let name = unique_name("dropping");
+    let queue = format!("evt-{source}-work--{name}.on_event");
+    let _cleanup = Cleanup::new()
+        .queue(&queue)
+        .exchange(&format!("{source}.events"));
+    let (handle, attempts) = failing(
+        &name,
+        &source,
+        EventHandlerOptions::service_pool(),
+        |_| true,
+        &config,
+    )
+    .await;
+    let events = EventDispatcher::connect(config.clone()).await.unwrap();
+    events.dispatch(&source, "work", &1).await.unwrap();
+    wait_for_attempts(&attempts, 1).await;
+    handle.shutdown().await.unwrap();
+    assert_eq!(attempts.lock().unwrap().len(), 1);
+    assert_eq!(queue_depth(&queue).await, 0);
+
+    // Data that is not a u32 can never be handled: dropped even with requeue.
+    let (handle, attempts) = failing(
+        &name,
+        &source,
+        EventHandlerOptions::service_pool().requeue_on_error(true),
+        |_| false,
+        &config,
+    )
+    .await;
+    events
+        .dispatch(&source, "work", &json!({"not": "a number"}))
+        .await
+        .unwrap();
+    events.dispatch(&source, "work", &5).await.unwrap();
+    wait_for_attempts(&attempts, 1).await;
+    handle.shutdown().await.unwrap();
+    assert_eq!(
+        attempts.lock().unwrap().len(),
+        1,
+        "only the valid event reached the handler"
+    );
+    assert_eq!(queue_depth(&queue).await, 0);
+    events.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declarations_match_nameko_flags() {
+    // Re-declaring with nameko's exact flags must not answer 406.
+    let config = config();
+    let source = unique_name("src");
+    let name = unique_name("flags");
+    let pool_q = format!("evt-{source}-a--{name}.on_event");
+    let _cleanup = Cleanup::new()
+        .queue(&pool_q)
+        .exchange(&format!("{source}.events"));
+    let (h, _) = listener(
+        &name,
+        "x",
+        &source,
+        "a",
+        EventHandlerOptions::service_pool(),
+        &config,
+    )
+    .await;
+    let conn = lapin::Connection::connect(
+        &test_support::broker_uri(),
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.exchange_declare(
+        format!("{source}.events").as_str().into(),
+        lapin::ExchangeKind::Topic,
+        lapin::options::ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("events exchange: durable topic, as nameko declares it");
+    ch.queue_declare(
+        pool_q.as_str().into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("service-pool queue: durable, not auto-delete, as nameko declares it");
+    let _ = conn.close(200, "OK".into()).await;
+    h.shutdown().await.unwrap();
+}

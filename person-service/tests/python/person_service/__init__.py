@@ -1,0 +1,1 @@
+"""Client-side view of person-service for Python nameko callers (tests)."""

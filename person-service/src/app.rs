@@ -3,6 +3,7 @@
 
 use crate::http::{self, HttpState};
 use crate::metrics::Metrics;
+use crate::people::People;
 use crate::settings::Settings;
 use crate::store::{Store, StoreError};
 use rpc_core::{CancellationToken, Config, ServiceError, ServiceHandle};
@@ -74,10 +75,18 @@ impl Application {
     /// returns; the RPC service connects in the background, retrying while
     /// the broker is unreachable.
     pub async fn start(self) -> Result<RunningApp, AppError> {
-        let service = crate::rpc::service(&self.settings.service_name, self.store.clone())
+        let people = People::new(self.store.clone(), &self.settings.service_name);
+        let service = crate::rpc::service(&self.settings.service_name, people.clone())
             .observe(self.metrics.clone())
             .build();
         let rpc = service.spawn(self.config.clone());
+        let relay_stop = CancellationToken::new();
+        let relay = tokio::spawn(crate::outbox::run(
+            self.store.clone(),
+            self.config.clone(),
+            self.settings.service_name.clone(),
+            relay_stop.clone(),
+        ));
         let http = match self.settings.http {
             None => None,
             Some(addr) => {
@@ -93,7 +102,7 @@ impl Application {
                     reason: e.to_string(),
                 })?;
                 let router = http::router(HttpState {
-                    store: self.store.clone(),
+                    people: people.clone(),
                     metrics: self.metrics.clone(),
                     rpc_status: rpc.status_receiver(),
                     max_body_bytes: self.settings.http_max_body,
@@ -116,6 +125,7 @@ impl Application {
         Ok(RunningApp {
             rpc,
             http,
+            relay: (relay_stop, relay),
             store: self.store,
             settings: self.settings,
         })
@@ -143,6 +153,7 @@ struct HttpServer {
 pub struct RunningApp {
     rpc: ServiceHandle,
     http: Option<HttpServer>,
+    relay: (CancellationToken, JoinHandle<()>),
     store: Store,
     settings: Settings,
 }
@@ -179,6 +190,12 @@ impl RunningApp {
                 Err(e) => tracing::error!(error = %e, "HTTP server task failed"),
             }
         }
-        Ok(self.rpc.shutdown().await?)
+        let rpc = self.rpc.shutdown().await;
+        // Last: the relay publishes what the final calls committed.
+        self.relay.0.cancel();
+        if let Err(e) = self.relay.1.await {
+            tracing::error!(error = %e, "event relay task failed");
+        }
+        Ok(rpc?)
     }
 }

@@ -8,7 +8,7 @@
 
 use crate::domain::{DomainError, NewPerson, Page, Person, PersonChanges};
 use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::people::{Origin, People};
 use axum::body::Body;
 use axum::extract::{MatchedPath, Path, RawQuery, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
@@ -29,8 +29,8 @@ pub const OPENAPI: &str = include_str!("../openapi.json");
 /// What the handlers share.
 #[derive(Clone)]
 pub struct HttpState {
-    /// The person store (the same one the RPC face uses).
-    pub store: Store,
+    /// The people (the same store and events as the RPC face).
+    pub people: People,
     /// Metrics of both faces.
     pub metrics: Arc<Metrics>,
     /// The RPC service's status, for `/healthz`.
@@ -134,7 +134,7 @@ async fn list(
     let limit = fields.int("limit")?;
     let after_id = fields.int("after_id")?;
     fields.finish()?;
-    Ok(Json(s.store.list(Page::new(limit, after_id)?).await?))
+    Ok(Json(s.people.list(Page::new(limit, after_id)?).await?))
 }
 
 async fn create(State(s): State<HttpState>, headers: HeaderMap, body: Body) -> ApiResult<Response> {
@@ -147,8 +147,11 @@ async fn create(State(s): State<HttpState>, headers: HeaderMap, body: Body) -> A
     let member = fields.bool("member")?.unwrap_or(false);
     fields.finish()?;
     let person = s
-        .store
-        .create(NewPerson::new(first_name, last_name, age, member)?)
+        .people
+        .create(
+            NewPerson::new(first_name, last_name, age, member)?,
+            Origin::Http,
+        )
         .await?;
     let location = HeaderValue::from_str(&format!("/person/{}", person.id)).map_err(|_| {
         ApiError::new(
@@ -166,7 +169,7 @@ async fn create(State(s): State<HttpState>, headers: HeaderMap, body: Body) -> A
 }
 
 async fn read(State(s): State<HttpState>, Path(id): Path<String>) -> ApiResult<Json<Person>> {
-    Ok(Json(s.store.get(parse_id(&id)?).await?))
+    Ok(Json(s.people.get(parse_id(&id)?).await?))
 }
 
 async fn update(
@@ -184,7 +187,7 @@ async fn update(
         fields.bool("member")?,
     )?;
     fields.finish()?;
-    Ok(Json(s.store.update(id, changes).await?))
+    Ok(Json(s.people.update(id, changes, Origin::Http).await?))
 }
 
 #[derive(Serialize)]
@@ -195,7 +198,7 @@ struct Deleted {
 
 async fn remove(State(s): State<HttpState>, Path(id): Path<String>) -> ApiResult<Json<Deleted>> {
     let id = parse_id(&id)?;
-    s.store.delete(id).await?;
+    s.people.delete(id, Origin::Http).await?;
     Ok(Json(Deleted { id, deleted: true }))
 }
 
@@ -205,7 +208,7 @@ fn parse_id(raw: &str) -> ApiResult<i64> {
 }
 
 async fn health(State(s): State<HttpState>) -> Response {
-    let store = match s.store.check().await {
+    let store = match s.people.store().check().await {
         Ok(()) => Ok("ok".to_owned()),
         Err(e) => Err(format!("store: {e}")),
     };

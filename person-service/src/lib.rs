@@ -5,6 +5,9 @@
 //! * [`domain`]: people and their validation rules, shared by every face.
 //! * [`store`]: SQLite, off the async executor: one writer thread with
 //!   group commit, a pool of readers, WAL, durable commits.
+//! * [`people`]: the operations both faces share, and what each change
+//!   leaves behind (its event, its request record).
+//! * [`outbox`]: the relay that publishes committed events.
 //! * [`rpc`]: the RPC methods over rpc-core, and the errors they send.
 //! * [`http`]: the same records over REST (axum), with health, metrics and
 //!   an OpenAPI document.
@@ -20,6 +23,8 @@ pub mod app;
 pub mod domain;
 pub mod http;
 pub mod metrics;
+pub mod outbox;
+pub mod people;
 pub mod rpc;
 pub mod settings;
 pub mod store;

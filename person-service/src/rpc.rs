@@ -10,9 +10,11 @@
 //! | `delete(id)` | `None` |
 //!
 //! Errors have stable `exc_type` / `exc_path` values (see [`exc_path`]).
+//! Each change dispatches `person_created`, `person_updated` or
+//! `person_deleted` from this service once committed (see [`crate::people`]).
 
 use crate::domain::{DomainError, NewPerson, Page, PersonChanges};
-use crate::store::Store;
+use crate::people::{Origin, People};
 use rpc_core::{Context, RpcError, Service, ServiceBuilder, Signature, Value};
 
 /// `exc_path` of each error this service sends. A Python client can
@@ -58,15 +60,15 @@ fn type_message(serde_message: &str) -> String {
         .replace("expected u32", "expected an integer")
 }
 
-/// The person methods on a service called `name`, over `store`. Further
-/// entrypoints can be added to the returned builder.
-pub fn service(name: &str, store: Store) -> ServiceBuilder {
+/// The person methods on a service called `name`. Further entrypoints can
+/// be added to the returned builder.
+pub fn service(name: &str, people: People) -> ServiceBuilder {
     let (s1, s2, s3, s4, s5) = (
-        store.clone(),
-        store.clone(),
-        store.clone(),
-        store.clone(),
-        store,
+        people.clone(),
+        people.clone(),
+        people.clone(),
+        people.clone(),
+        people,
     );
     Service::builder(name)
         .on_invalid_argument(|e| DomainError::invalid(&e.param, type_message(&e.message)).into())
@@ -77,12 +79,15 @@ pub fn service(name: &str, store: Store) -> ServiceBuilder {
                 .param("last_name")
                 .param("age")
                 .optional("member", false),
-            move |_ctx: Context,
+            move |ctx: Context,
                   (first_name, last_name, age, member): (String, String, i64, bool)| {
-                let store = s1.clone();
+                let people = s1.clone();
                 async move {
-                    let person = store
-                        .create(NewPerson::new(first_name, last_name, age, member)?)
+                    let person = people
+                        .create(
+                            NewPerson::new(first_name, last_name, age, member)?,
+                            Origin::Rpc(&ctx),
+                        )
                         .await?;
                     Ok::<_, DomainError>(person.id)
                 }
@@ -92,8 +97,8 @@ pub fn service(name: &str, store: Store) -> ServiceBuilder {
             "get",
             Signature::new().param("id"),
             move |_ctx: Context, (id,): (i64,)| {
-                let store = s2.clone();
-                async move { store.get(id).await }
+                let people = s2.clone();
+                async move { people.get(id).await }
             },
         )
         .method(
@@ -102,8 +107,8 @@ pub fn service(name: &str, store: Store) -> ServiceBuilder {
                 .optional("limit", Value::Null)
                 .optional("after_id", Value::Null),
             move |_ctx: Context, (limit, after_id): (Option<i64>, Option<i64>)| {
-                let store = s3.clone();
-                async move { store.list(Page::new(limit, after_id)?).await }
+                let people = s3.clone();
+                async move { people.list(Page::new(limit, after_id)?).await }
             },
         )
         .method(
@@ -114,7 +119,7 @@ pub fn service(name: &str, store: Store) -> ServiceBuilder {
                 .optional("last_name", Value::Null)
                 .optional("age", Value::Null)
                 .optional("member", Value::Null),
-            move |_ctx: Context,
+            move |ctx: Context,
                   (id, first_name, last_name, age, member): (
                 i64,
                 Option<String>,
@@ -122,10 +127,14 @@ pub fn service(name: &str, store: Store) -> ServiceBuilder {
                 Option<i64>,
                 Option<bool>,
             )| {
-                let store = s4.clone();
+                let people = s4.clone();
                 async move {
-                    store
-                        .update(id, PersonChanges::new(first_name, last_name, age, member)?)
+                    people
+                        .update(
+                            id,
+                            PersonChanges::new(first_name, last_name, age, member)?,
+                            Origin::Rpc(&ctx),
+                        )
                         .await
                 }
             },
@@ -133,9 +142,9 @@ pub fn service(name: &str, store: Store) -> ServiceBuilder {
         .method(
             "delete",
             Signature::new().param("id"),
-            move |_ctx: Context, (id,): (i64,)| {
-                let store = s5.clone();
-                async move { store.delete(id).await }
+            move |ctx: Context, (id,): (i64,)| {
+                let people = s5.clone();
+                async move { people.delete(id, Origin::Rpc(&ctx)).await }
             },
         )
 }

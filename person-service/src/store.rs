@@ -9,20 +9,35 @@
 //! small pool of other connections; WAL mode lets them run beside the
 //! writer.
 //!
+//! Two records are kept in the same transaction as each change:
+//! * its event, in `event_outbox`, which [`crate::outbox`] publishes and
+//!   then deletes: an event is never lost between the commit and the
+//!   publish, even if the process dies there;
+//! * for an RPC request, its correlation id and answer, in
+//!   `processed_request`: a request redelivered after a crash (committed but
+//!   not acked) gets the first answer back instead of writing again. These
+//!   records expire after a bounded time (24 h by default).
+//!
 //! Durability: `journal_mode=WAL` with `synchronous=FULL` syncs the WAL on
 //! every commit, so a write that has been answered survives a crash of the
 //! process and of the machine.
 
 use crate::domain::{DomainError, NewPerson, Page, Person, PersonChanges};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
-use tokio::sync::{oneshot, Semaphore};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{oneshot, Notify, Semaphore};
 
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 512;
 /// Read connections in the pool.
 const READERS: usize = 4;
+/// How often the writer removes expired request records.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how
 /// many have run.
@@ -35,6 +50,23 @@ const MIGRATIONS: &[&str] = &[
         age        INTEGER NOT NULL CHECK (age BETWEEN 0 AND 150),
         member     INTEGER NOT NULL DEFAULT 0 CHECK (member IN (0, 1))
     );",
+    // 2: events waiting to be published, in commit order.
+    "CREATE TABLE event_outbox (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_type    TEXT    NOT NULL,
+        payload       TEXT    NOT NULL,
+        call_id_stack TEXT    NOT NULL,
+        context       TEXT    NOT NULL,
+        created_at    INTEGER NOT NULL
+    );",
+    // 3: answers of write requests, by correlation id, for redeliveries.
+    "CREATE TABLE processed_request (
+        request_id TEXT    PRIMARY KEY,
+        method     TEXT    NOT NULL,
+        response   TEXT    NOT NULL,
+        created_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX processed_request_age ON processed_request (created_at);",
 ];
 
 /// Why the store could not be opened.
@@ -60,9 +92,68 @@ pub enum StoreError {
     },
 }
 
+/// Store settings.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// How long the answer of a write request is kept for redeliveries.
+    pub request_ttl: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            request_ttl: Duration::from_secs(24 * 60 * 60),
+        }
+    }
+}
+
+/// What a write leaves besides the change itself.
+#[derive(Clone, Debug, Default)]
+pub struct WriteMeta {
+    /// The request's correlation id, when it came over RPC: a redelivered
+    /// request with the same id gets the first answer back.
+    pub request_id: Option<String>,
+    /// The context the change's event carries; `None` emits no event.
+    pub event: Option<EventContext>,
+}
+
+/// The call context an event is sent with.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EventContext {
+    /// Call-id stack of the call that made the change.
+    pub call_id_stack: Vec<String>,
+    /// Its context data.
+    pub data: BTreeMap<String, Value>,
+}
+
+/// An event waiting in the outbox.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutboxEvent {
+    /// Position in the outbox (commit order).
+    pub id: i64,
+    /// `person_created`, `person_updated` or `person_deleted`.
+    pub event_type: String,
+    /// The event's data.
+    pub payload: Value,
+    /// The context it is sent with.
+    pub context: EventContext,
+}
+
+/// The outcome of a write.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Written {
+    /// The person as stored after a create or update.
+    Person(Person),
+    /// The id deleted.
+    Deleted(i64),
+    /// Outbox rows removed.
+    Cleared,
+}
+
 /// A write, with the channel its outcome goes back on.
 struct WriteJob {
     op: WriteOp,
+    meta: WriteMeta,
     reply: oneshot::Sender<Result<Written, DomainError>>,
 }
 
@@ -70,11 +161,18 @@ enum WriteOp {
     Create(NewPerson),
     Update(i64, PersonChanges),
     Delete(i64),
+    ClearOutbox(Vec<i64>),
 }
 
-enum Written {
-    Person(Person),
-    Deleted,
+impl WriteOp {
+    fn method(&self) -> &'static str {
+        match self {
+            WriteOp::Create(_) => "create",
+            WriteOp::Update(..) => "update",
+            WriteOp::Delete(_) => "delete",
+            WriteOp::ClearOutbox(_) => "clear_outbox",
+        }
+    }
 }
 
 /// The person store; cheap to clone.
@@ -88,6 +186,7 @@ struct Inner {
     readers: Mutex<Vec<Connection>>,
     read_slots: Semaphore,
     path: PathBuf,
+    outbox: Arc<Notify>,
 }
 
 impl std::fmt::Debug for Store {
@@ -99,9 +198,14 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
+    /// Opens with default options; see [`Store::open_with`].
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        Self::open_with(path, StoreOptions::default())
+    }
+
     /// Opens (creating if needed) and migrates the database, and starts the
     /// writer thread. Blocking: call it from `spawn_blocking` or at start-up.
-    pub fn open(path: &Path) -> Result<Store, StoreError> {
+    pub fn open_with(path: &Path, options: StoreOptions) -> Result<Store, StoreError> {
         let open_err = |source| StoreError::Open {
             path: path.to_owned(),
             source,
@@ -122,10 +226,17 @@ impl Store {
                 .map_err(open_err)?;
             readers.push(conn);
         }
+        let outbox = Arc::new(Notify::new());
         let (tx, rx) = mpsc::channel();
+        let writer_state = Writer {
+            conn: writer,
+            outbox: Arc::clone(&outbox),
+            request_ttl: options.request_ttl,
+            last_prune: None,
+        };
         std::thread::Builder::new()
             .name("person-store-writer".into())
-            .spawn(move || write_loop(writer, rx))
+            .spawn(move || writer_state.run(rx))
             .map_err(|e| open_err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
         Ok(Store {
             inner: Arc::new(Inner {
@@ -133,6 +244,7 @@ impl Store {
                 readers: Mutex::new(readers),
                 read_slots: Semaphore::new(READERS),
                 path: path.to_owned(),
+                outbox,
             }),
         })
     }
@@ -143,27 +255,33 @@ impl Store {
     }
 
     /// Stores a new person and returns it with its id.
-    pub async fn create(&self, person: NewPerson) -> Result<Person, DomainError> {
-        match self.write(WriteOp::Create(person)).await? {
+    pub async fn create(&self, person: NewPerson, meta: WriteMeta) -> Result<Person, DomainError> {
+        match self.write(WriteOp::Create(person), meta).await? {
             Written::Person(p) => Ok(p),
-            Written::Deleted => Err(DomainError::Storage),
+            _ => Err(DomainError::Storage),
         }
     }
 
-    /// Changes the given fields and returns the updated person.
-    pub async fn update(&self, id: i64, changes: PersonChanges) -> Result<Person, DomainError> {
+    /// Changes the given fields and returns the updated person. No changes
+    /// at all is a read, and emits no event.
+    pub async fn update(
+        &self,
+        id: i64,
+        changes: PersonChanges,
+        meta: WriteMeta,
+    ) -> Result<Person, DomainError> {
         if changes.is_empty() {
             return self.get(id).await;
         }
-        match self.write(WriteOp::Update(id, changes)).await? {
+        match self.write(WriteOp::Update(id, changes), meta).await? {
             Written::Person(p) => Ok(p),
-            Written::Deleted => Err(DomainError::Storage),
+            _ => Err(DomainError::Storage),
         }
     }
 
     /// Deletes a person.
-    pub async fn delete(&self, id: i64) -> Result<(), DomainError> {
-        self.write(WriteOp::Delete(id)).await.map(|_| ())
+    pub async fn delete(&self, id: i64, meta: WriteMeta) -> Result<(), DomainError> {
+        self.write(WriteOp::Delete(id), meta).await.map(|_| ())
     }
 
     /// One person.
@@ -204,14 +322,56 @@ impl Store {
             .await
     }
 
-    async fn write(&self, op: WriteOp) -> Result<Written, DomainError> {
+    /// The oldest events not published yet, at most `limit`.
+    pub async fn outbox(&self, limit: usize) -> Result<Vec<OutboxEvent>, DomainError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, event_type, payload, call_id_stack, context FROM event_outbox ORDER BY id LIMIT ?1",
+            )?;
+            let rows = stmt.query_map(params![limit], |r| {
+                let text = |i: usize| -> rusqlite::Result<Value> {
+                    let s: String = r.get(i)?;
+                    serde_json::from_str(&s).map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e)))
+                };
+                Ok(OutboxEvent {
+                    id: r.get(0)?,
+                    event_type: r.get(1)?,
+                    payload: text(2)?,
+                    context: EventContext {
+                        call_id_stack: serde_json::from_value(text(3)?).unwrap_or_default(),
+                        data: serde_json::from_value(text(4)?).unwrap_or_default(),
+                    },
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// Removes published events from the outbox.
+    pub async fn clear_outbox(&self, ids: Vec<i64>) -> Result<(), DomainError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.write(WriteOp::ClearOutbox(ids), WriteMeta::default())
+            .await
+            .map(|_| ())
+    }
+
+    /// Notified after each commit that put events in the outbox.
+    pub fn outbox_signal(&self) -> Arc<Notify> {
+        Arc::clone(&self.inner.outbox)
+    }
+
+    async fn write(&self, op: WriteOp, meta: WriteMeta) -> Result<Written, DomainError> {
         let (reply, rx) = oneshot::channel();
         let sent = self
             .inner
             .writer
             .lock()
             .map_err(|_| DomainError::Storage)?
-            .send(WriteJob { op, reply });
+            .send(WriteJob { op, meta, reply });
         if sent.is_err() {
             tracing::error!("the store's writer thread is gone");
             return Err(DomainError::Storage);
@@ -300,60 +460,185 @@ fn person_from_row(row: &Row<'_>) -> rusqlite::Result<Person> {
     })
 }
 
-/// The writer thread: takes every job waiting, commits them together, then
-/// answers each. Ends when every `Store` handle is gone.
-fn write_loop(mut conn: Connection, jobs: mpsc::Receiver<WriteJob>) {
-    while let Ok(first) = jobs.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        let outcomes = commit_batch(&mut conn, &batch);
-        for (job, outcome) in batch.into_iter().zip(outcomes) {
-            let _ = job.reply.send(outcome);
-        }
-    }
-    tracing::debug!("store writer stopped");
-}
-
-fn commit_batch(conn: &mut Connection, batch: &[WriteJob]) -> Vec<Result<Written, DomainError>> {
-    let all_failed = |e: rusqlite::Error| {
-        tracing::error!(error = %e, writes = batch.len(), "database write transaction failed");
-        batch.iter().map(|_| Err(DomainError::Storage)).collect()
-    };
-    let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
-        Ok(tx) => tx,
-        Err(e) => return all_failed(e),
-    };
-    let mut outcomes = Vec::with_capacity(batch.len());
-    for job in batch {
-        let outcome = match tx.savepoint() {
-            Ok(mut sp) => match apply(&sp, &job.op) {
-                Ok(written) => match sp.commit() {
-                    Ok(()) => Ok(written),
-                    Err(e) => Err(db_error(e)),
-                },
-                Err(e) => {
-                    let _ = sp.rollback();
-                    Err(e)
-                }
-            },
-            Err(e) => Err(db_error(e)),
-        };
-        outcomes.push(outcome);
-    }
-    match tx.commit() {
-        Ok(()) => outcomes,
-        Err(e) => all_failed(e),
-    }
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 fn db_error(e: rusqlite::Error) -> DomainError {
     tracing::error!(error = %e, "database write failed");
     DomainError::Storage
+}
+
+/// The writer thread's state.
+struct Writer {
+    conn: Connection,
+    outbox: Arc<Notify>,
+    request_ttl: Duration,
+    last_prune: Option<Instant>,
+}
+
+impl Writer {
+    /// Takes every job waiting, commits them together, then answers each.
+    /// Ends when every `Store` handle is gone.
+    fn run(mut self, jobs: mpsc::Receiver<WriteJob>) {
+        while let Ok(first) = jobs.recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            let (outcomes, events) = self.commit_batch(&batch);
+            if events {
+                self.outbox.notify_one();
+            }
+            for (job, outcome) in batch.into_iter().zip(outcomes) {
+                let _ = job.reply.send(outcome);
+            }
+            self.prune_if_due();
+        }
+        tracing::debug!("store writer stopped");
+    }
+
+    /// Commits the batch; returns each job's outcome and whether any event
+    /// went into the outbox.
+    fn commit_batch(&mut self, batch: &[WriteJob]) -> (Vec<Result<Written, DomainError>>, bool) {
+        let all_failed = |e: rusqlite::Error| {
+            tracing::error!(error = %e, writes = batch.len(), "database write transaction failed");
+            (
+                batch.iter().map(|_| Err(DomainError::Storage)).collect(),
+                false,
+            )
+        };
+        let mut tx = match self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+        {
+            Ok(tx) => tx,
+            Err(e) => return all_failed(e),
+        };
+        let now = unix_now();
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut events = false;
+        for job in batch {
+            let outcome = match tx.savepoint() {
+                Ok(mut sp) => match apply_job(&sp, job, now) {
+                    Ok((written, emitted)) => match sp.commit() {
+                        Ok(()) => {
+                            events |= emitted;
+                            Ok(written)
+                        }
+                        Err(e) => Err(db_error(e)),
+                    },
+                    Err(e) => {
+                        let _ = sp.rollback();
+                        Err(e)
+                    }
+                },
+                Err(e) => Err(db_error(e)),
+            };
+            outcomes.push(outcome);
+        }
+        match tx.commit() {
+            Ok(()) => (outcomes, events),
+            Err(e) => all_failed(e),
+        }
+    }
+
+    fn prune_if_due(&mut self) {
+        if self.last_prune.is_some_and(|t| t.elapsed() < PRUNE_EVERY) {
+            return;
+        }
+        self.last_prune = Some(Instant::now());
+        let cutoff = unix_now() - i64::try_from(self.request_ttl.as_secs()).unwrap_or(i64::MAX);
+        match self.conn.execute(
+            "DELETE FROM processed_request WHERE created_at <= ?1",
+            params![cutoff],
+        ) {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(removed = n, "expired request records removed"),
+            Err(e) => tracing::warn!(error = %e, "removing expired request records failed"),
+        }
+    }
+}
+
+/// Applies one job inside its savepoint: replays a recorded answer, or
+/// makes the change, records its event and its answer. Returns whether an
+/// event was recorded.
+fn apply_job(conn: &Connection, job: &WriteJob, now: i64) -> Result<(Written, bool), DomainError> {
+    let method = job.op.method();
+    if let Some(request_id) = &job.meta.request_id {
+        let recorded: Option<(String, String)> = conn
+            .prepare_cached("SELECT method, response FROM processed_request WHERE request_id = ?1")
+            .and_then(|mut s| {
+                s.query_row(params![request_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+            })
+            .map_err(db_error)?;
+        if let Some((recorded_method, response)) = recorded {
+            if recorded_method == method {
+                if let Ok(written) = serde_json::from_str::<Written>(&response) {
+                    tracing::info!(
+                        request_id,
+                        method,
+                        "redelivered request: answering with the recorded result"
+                    );
+                    return Ok((written, false));
+                }
+            }
+            tracing::warn!(
+                request_id,
+                method,
+                recorded_method,
+                "correlation id reused by a different request; applying it"
+            );
+        }
+    }
+    let written = apply(conn, &job.op)?;
+    let mut emitted = false;
+    if let Some(ctx) = &job.meta.event {
+        let event = match (&job.op, &written) {
+            (WriteOp::Create(_), Written::Person(p)) => Some((
+                "person_created",
+                serde_json::to_value(p).unwrap_or(Value::Null),
+            )),
+            (WriteOp::Update(..), Written::Person(p)) => Some((
+                "person_updated",
+                serde_json::to_value(p).unwrap_or(Value::Null),
+            )),
+            (_, Written::Deleted(id)) => Some(("person_deleted", serde_json::json!({ "id": id }))),
+            _ => None,
+        };
+        if let Some((event_type, payload)) = event {
+            conn.prepare_cached(
+                "INSERT INTO event_outbox (event_type, payload, call_id_stack, context, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    event_type,
+                    payload.to_string(),
+                    serde_json::to_string(&ctx.call_id_stack).unwrap_or_else(|_| "[]".into()),
+                    serde_json::to_string(&ctx.data).unwrap_or_else(|_| "{}".into()),
+                    now
+                ])
+            })
+            .map_err(db_error)?;
+            emitted = true;
+        }
+    }
+    if let Some(request_id) = &job.meta.request_id {
+        let response = serde_json::to_string(&written).map_err(|_| DomainError::Storage)?;
+        conn.prepare_cached(
+            "INSERT OR REPLACE INTO processed_request (request_id, method, response, created_at) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .and_then(|mut s| s.execute(params![request_id, method, response, now]))
+        .map_err(db_error)?;
+    }
+    Ok((written, emitted))
 }
 
 fn apply(conn: &Connection, op: &WriteOp) -> Result<Written, DomainError> {
@@ -399,8 +684,17 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<Written, DomainError> {
             if n == 0 {
                 Err(DomainError::NotFound(*id))
             } else {
-                Ok(Written::Deleted)
+                Ok(Written::Deleted(*id))
             }
+        }
+        WriteOp::ClearOutbox(ids) => {
+            let mut stmt = conn
+                .prepare_cached("DELETE FROM event_outbox WHERE id = ?1")
+                .map_err(db_error)?;
+            for id in ids {
+                stmt.execute(params![id]).map_err(db_error)?;
+            }
+            Ok(Written::Cleared)
         }
     }
 }
@@ -413,18 +707,23 @@ mod tests {
         NewPerson::new(first.into(), "Test".into(), age, false).unwrap()
     }
 
+    fn none() -> WriteMeta {
+        WriteMeta::default()
+    }
+
     #[tokio::test]
     async fn crud_and_paging_on_a_real_file() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("p.db")).unwrap();
-        let a = store.create(new("Ada", 36)).await.unwrap();
-        let b = store.create(new("Bob", 40)).await.unwrap();
+        let a = store.create(new("Ada", 36), none()).await.unwrap();
+        let b = store.create(new("Bob", 40), none()).await.unwrap();
         assert!(b.id > a.id);
         assert_eq!(store.get(a.id).await.unwrap(), a);
         let changed = store
             .update(
                 a.id,
                 PersonChanges::new(None, None, Some(37), Some(true)).unwrap(),
+                none(),
             )
             .await
             .unwrap();
@@ -443,18 +742,27 @@ mod tests {
                 .unwrap(),
             vec![b.clone()]
         );
-        store.delete(a.id).await.unwrap();
+        store.delete(a.id, none()).await.unwrap();
         assert_eq!(store.get(a.id).await, Err(DomainError::NotFound(a.id)));
-        assert_eq!(store.delete(a.id).await, Err(DomainError::NotFound(a.id)));
+        assert_eq!(
+            store.delete(a.id, none()).await,
+            Err(DomainError::NotFound(a.id))
+        );
         assert_eq!(
             store
-                .update(a.id, PersonChanges::new(None, None, Some(1), None).unwrap())
+                .update(
+                    a.id,
+                    PersonChanges::new(None, None, Some(1), None).unwrap(),
+                    none()
+                )
                 .await,
             Err(DomainError::NotFound(a.id))
         );
         // Ids are never reused.
-        let c = store.create(new("Cy", 1)).await.unwrap();
+        let c = store.create(new("Cy", 1), none()).await.unwrap();
         assert!(c.id > b.id);
+        // No event context, no events.
+        assert!(store.outbox(10).await.unwrap().is_empty());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -466,7 +774,7 @@ mod tests {
         for i in 0..200 {
             let store = store.clone();
             tasks.push(tokio::spawn(async move {
-                store.create(new(&format!("P{i}"), i % 150)).await
+                store.create(new(&format!("P{i}"), i % 150), none()).await
             }));
         }
         let mut ids = std::collections::HashSet::new();
@@ -478,6 +786,105 @@ mod tests {
         // Reopening sees every row: they were committed, not just answered.
         let again = Store::open(&path).unwrap();
         assert_eq!(again.count().await.unwrap(), 200);
+    }
+
+    #[tokio::test]
+    async fn a_replayed_request_gets_its_first_answer_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("p.db")).unwrap();
+        let meta = |id: &str| WriteMeta {
+            request_id: Some(id.to_owned()),
+            event: Some(EventContext::default()),
+        };
+        let first = store.create(new("Once", 1), meta("c-1")).await.unwrap();
+        let again = store.create(new("Once", 1), meta("c-1")).await.unwrap();
+        assert_eq!(first, again);
+        assert_eq!(store.count().await.unwrap(), 1);
+        let other = store.create(new("Twice", 2), meta("c-2")).await.unwrap();
+        assert_ne!(other.id, first.id);
+
+        let up = PersonChanges::new(None, None, Some(5), None).unwrap();
+        let u1 = store
+            .update(first.id, up.clone(), meta("u-1"))
+            .await
+            .unwrap();
+        store
+            .update(
+                first.id,
+                PersonChanges::new(None, None, Some(9), None).unwrap(),
+                none(),
+            )
+            .await
+            .unwrap();
+        // The replay answers as the first time, without applying age 5 again.
+        assert_eq!(store.update(first.id, up, meta("u-1")).await.unwrap(), u1);
+        assert_eq!(store.get(first.id).await.unwrap().age, 9);
+
+        store.delete(other.id, meta("d-1")).await.unwrap();
+        assert_eq!(store.delete(other.id, meta("d-1")).await, Ok(()));
+        // One event per change actually made, in commit order.
+        let kinds: Vec<String> = store
+            .outbox(100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event_type)
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                "person_created",
+                "person_created",
+                "person_updated",
+                "person_deleted"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn outbox_keeps_commit_order_and_context_until_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("p.db")).unwrap();
+        let ctx = EventContext {
+            call_id_stack: vec!["a.b.1".into()],
+            data: [("user_id".to_owned(), serde_json::json!("u1"))]
+                .into_iter()
+                .collect(),
+        };
+        let meta = WriteMeta {
+            request_id: None,
+            event: Some(ctx.clone()),
+        };
+        let p = store.create(new("E", 3), meta.clone()).await.unwrap();
+        store.delete(p.id, meta).await.unwrap();
+        let events = store.outbox(10).await.unwrap();
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0].payload, serde_json::to_value(&p).unwrap());
+        assert_eq!(events[0].context, ctx);
+        assert_eq!(events[1].payload, serde_json::json!({"id": p.id}));
+        store.clear_outbox(vec![events[0].id]).await.unwrap();
+        assert_eq!(store.outbox(10).await.unwrap(), vec![events[1].clone()]);
+    }
+
+    #[tokio::test]
+    async fn request_records_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with(
+            &dir.path().join("p.db"),
+            StoreOptions {
+                request_ttl: Duration::ZERO,
+            },
+        )
+        .unwrap();
+        let meta = WriteMeta {
+            request_id: Some("c-1".into()),
+            event: None,
+        };
+        // The first batch prunes everything at least 0 s old, its own record
+        // included: a later replay is then a new request.
+        let a = store.create(new("A", 1), meta.clone()).await.unwrap();
+        let b = store.create(new("A", 1), meta).await.unwrap();
+        assert_ne!(a.id, b.id);
     }
 
     #[test]

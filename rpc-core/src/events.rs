@@ -170,10 +170,96 @@ impl EventDispatcher {
         }
     }
 
+    /// Publishes events in order, all at once, then waits for their
+    /// confirms: much faster than one [`dispatch`](Self::dispatch) after
+    /// another, for relays that forward many events. Returns how many of the
+    /// first events the broker confirmed; on a failure the rest are not
+    /// known to be published (send them again).
+    pub async fn dispatch_batch(&self, events: &[OutgoingEvent]) -> Result<usize, DispatchError> {
+        if events.is_empty() {
+            return Ok(0);
+        }
+        let config = &self.link.config;
+        let deadline = crate::proxy::deadline_after(config.rpc_timeout);
+        let session = match tokio::time::timeout_at(deadline, self.link.session()).await {
+            Ok(Ok(session)) => session,
+            Ok(Err(())) => return Err(DispatchError::Closed),
+            Err(_) => {
+                return Err(DispatchError::NotConnected(
+                    self.link
+                        .down_reason()
+                        .unwrap_or_else(|| "timed out".into()),
+                ))
+            }
+        };
+        let failed = |e: lapin::Error| DispatchError::Publish(e.to_string());
+        let work = async {
+            let mut confirms = Vec::with_capacity(events.len());
+            for event in events {
+                let exchange = wire::short_string(&wire::events_exchange(&event.source_service))?;
+                let routing_key = wire::short_string(&event.event_type)?;
+                let body = wire::json::to_vec(&event.data)
+                    .map_err(|e| DispatchError::Serialize(e.to_string()))?;
+                let headers = if event.call_id_stack.is_empty() && event.context.is_empty() {
+                    FieldTable::default()
+                } else {
+                    context_headers(&event.call_id_stack, &event.context)
+                };
+                session
+                    .ensure_topic_exchange(&exchange)
+                    .await
+                    .map_err(failed)?;
+                let confirm = session
+                    .channel
+                    .basic_publish(
+                        exchange,
+                        routing_key,
+                        BasicPublishOptions::default(),
+                        &body,
+                        wire::event_properties(headers, config.delivery_mode()),
+                    )
+                    .await
+                    .map_err(failed)?;
+                confirms.push(confirm);
+            }
+            let mut done = 0;
+            for confirm in confirms {
+                match confirm.await.map_err(failed)? {
+                    Confirmation::Nack(_) => break,
+                    _ => done += 1,
+                }
+            }
+            Ok::<usize, DispatchError>(done)
+        };
+        match tokio::time::timeout_at(deadline, work).await {
+            Err(_) => Err(DispatchError::Publish(
+                "no confirm within the timeout".into(),
+            )),
+            Ok(result) => result,
+        }
+    }
+
     /// Closes the connection.
     pub async fn close(&self) {
         self.link.close().await;
     }
+}
+
+/// An event for [`EventDispatcher::dispatch_batch`], with the context it
+/// carries (empty stack and context: no headers, like a standalone
+/// dispatch).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct OutgoingEvent {
+    /// The service the event is from (`{source_service}.events`).
+    pub source_service: String,
+    /// The event type (the routing key).
+    pub event_type: String,
+    /// The body.
+    pub data: Value,
+    /// Call-id stack of the call that caused it.
+    pub call_id_stack: Vec<String>,
+    /// Context data sent as `nameko.<key>` headers.
+    pub context: BTreeMap<String, Value>,
 }
 
 /// How a handler subscribes: nameko's `handler_type`, `reliable_delivery`,

@@ -70,7 +70,7 @@ pub use config::{Config, RetryPolicy};
 pub use connection::AmqpUri;
 pub use context::{Context, ContextProxy};
 pub use error::{CallError, ConnectError, RemoteError, RpcError};
-pub use events::{DispatchError, EventDispatcher, EventHandlerOptions};
+pub use events::{DispatchError, EventDispatcher, EventHandlerOptions, OutgoingEvent};
 pub use method::{ArgumentError, FromArgs, Signature};
 pub use proxy::{Args, PendingCall, RpcProxy};
 pub use server::{

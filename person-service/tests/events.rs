@@ -1,0 +1,179 @@
+//! person-service's events: every change over RPC or HTTP dispatches its
+//! event once committed, with the record (or id) as data and the caller's
+//! context, and events committed while nothing could publish them go out
+//! when the service starts.
+
+mod helpers;
+
+use helpers::http::Body;
+use helpers::spawn_app;
+use person_service::domain::NewPerson;
+use person_service::store::{EventContext, Store, WriteMeta};
+use rpc_core::{json, Args, Context, EventHandlerOptions, Service, ServiceHandle, Value};
+use std::time::Duration;
+use test_support::{unique_name, Cleanup};
+use tokio::sync::mpsc;
+
+type Seen = mpsc::UnboundedReceiver<(String, Value, Vec<String>)>;
+
+/// Subscribes to the three person events of `source`.
+async fn subscribe(source: &str) -> (ServiceHandle, Seen, Cleanup) {
+    let name = unique_name("watcher");
+    let mut cleanup = Cleanup::new().exchange(&format!("{source}.events"));
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut builder = Service::builder(&name);
+    for event in ["person_created", "person_updated", "person_deleted"] {
+        cleanup.add_queue(&format!("evt-{source}-{event}--{name}.on_{event}"));
+        let tx = tx.clone();
+        builder = builder.event_handler(
+            &format!("on_{event}"),
+            source,
+            event,
+            EventHandlerOptions::service_pool(),
+            move |ctx: Context, data: Value| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send((event.to_owned(), data, ctx.call_id_stack().to_vec()));
+                    Ok::<(), String>(())
+                }
+            },
+        );
+    }
+    let config = rpc_core::Config::new(&test_support::require_broker()).unwrap();
+    let mut handle = builder.build().spawn(config);
+    handle.ready().await.unwrap();
+    (handle, rx, cleanup)
+}
+
+async fn next(rx: &mut Seen) -> (String, Value, Vec<String>) {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("an event within 10 s")
+        .expect("subscriber alive")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_change_over_either_face_dispatches_its_event() {
+    let app = spawn_app().await;
+    let (watcher, mut seen, _cleanup) = subscribe(&app.name).await;
+
+    let id = app.create("Ada", "Lovelace", 36).await;
+    let (kind, data, stack) = next(&mut seen).await;
+    assert_eq!(kind, "person_created");
+    assert_eq!(
+        data,
+        json!({"id": id, "first_name": "Ada", "last_name": "Lovelace", "age": 36, "member": false})
+    );
+    // The RPC caller's context travels with the event.
+    assert_eq!(stack[0], app.proxy.call_id_stack()[0]);
+    assert!(stack[1].starts_with(&format!("{}.create.", app.name)));
+
+    app.ok("update", Args::new().arg(id).kwarg("member", true))
+        .await;
+    let (kind, data, _) = next(&mut seen).await;
+    assert_eq!(
+        (kind.as_str(), data["member"].clone(), data["age"].clone()),
+        ("person_updated", json!(true), json!(36))
+    );
+
+    // A no-op update changes nothing and emits nothing; a failed write neither.
+    app.ok("update", Args::new().arg(id)).await;
+    app.remote_err("update", Args::new().arg(id + 999).kwarg("age", 1))
+        .await;
+    app.remote_err("create", Args::new().arg("").arg("x").arg(1))
+        .await;
+
+    let created = app
+        .http
+        .post(
+            "/person",
+            Body::Json(json!({"first_name": "Alan", "last_name": "Turing", "age": 41})),
+        )
+        .await;
+    let id2 = created.body["id"].as_i64().unwrap();
+    let (kind, data, stack) = next(&mut seen).await;
+    assert_eq!(
+        (kind.as_str(), data.clone()),
+        ("person_created", created.body.clone())
+    );
+    assert!(
+        stack[0].starts_with(&format!("{}.http.", app.name)),
+        "{stack:?}"
+    );
+    app.http
+        .put(&format!("/person/{id2}"), Body::Form("age=42".into()))
+        .await;
+    assert_eq!(next(&mut seen).await.1["age"], json!(42));
+    app.http.delete(&format!("/person/{id2}")).await;
+    let (kind, data, stack) = next(&mut seen).await;
+    assert_eq!(
+        (kind.as_str(), data),
+        ("person_deleted", json!({"id": id2}))
+    );
+    assert!(
+        stack[0].starts_with(&format!("{}.http.", app.name)),
+        "{stack:?}"
+    );
+    app.ok("delete", Args::new().arg(id)).await;
+    let (kind, data, _) = next(&mut seen).await;
+    assert_eq!((kind.as_str(), data), ("person_deleted", json!({"id": id})));
+
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), seen.recv())
+            .await
+            .is_err(),
+        "no extra events"
+    );
+    watcher.shutdown().await.unwrap();
+    app.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_committed_while_nothing_publishes_go_out_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("person.db");
+    let name = unique_name("person");
+    let _cleanup = Cleanup::new().service(&name);
+    // Commit two changes with their events and no relay running (as if the
+    // process had died right after the commit).
+    {
+        let store = Store::open(&db).unwrap();
+        let meta = WriteMeta {
+            request_id: None,
+            event: Some(EventContext::default()),
+        };
+        store
+            .create(
+                NewPerson::new("Left".into(), "Behind".into(), 1, false).unwrap(),
+                meta.clone(),
+            )
+            .await
+            .unwrap();
+        store
+            .create(
+                NewPerson::new("Also".into(), "Waiting".into(), 2, true).unwrap(),
+                meta,
+            )
+            .await
+            .unwrap();
+        assert_eq!(store.outbox(10).await.unwrap().len(), 2);
+    }
+    let (watcher, mut seen, _c) = subscribe(&name).await;
+    let running = helpers::start(&name, &db).await;
+    // Handlers run concurrently, so compare as a set.
+    let mut names = Vec::new();
+    for _ in 0..2 {
+        let (kind, data, _) = next(&mut seen).await;
+        assert_eq!(kind, "person_created");
+        names.push(data["first_name"].as_str().unwrap().to_owned());
+    }
+    names.sort();
+    assert_eq!(names, vec!["Also", "Left"]);
+    running.shutdown().await.unwrap();
+    let store = Store::open(&db).unwrap();
+    assert!(
+        store.outbox(10).await.unwrap().is_empty(),
+        "published events leave the outbox"
+    );
+    watcher.shutdown().await.unwrap();
+}

@@ -59,7 +59,12 @@ async fn python_worker_calls_the_rust_person_service_with_its_call_id() {
     let app = spawn_app().await;
     let ctx_name = test_support::unique_name("ctx");
     let py_name = test_support::unique_name("py_caller");
-    let mut cleanup = Cleanup::new().service(&ctx_name).service(&py_name);
+    // spawn_app's clean-up deletes the person queue; its changes also
+    // declare the person event exchange.
+    let mut cleanup = Cleanup::new()
+        .service(&ctx_name)
+        .service(&py_name)
+        .exchange(&format!("{}.events", app.name));
 
     let config = rpc_core::Config::new(&test_support::broker_uri()).unwrap();
     let mut ctx_service = Service::builder(&ctx_name)

@@ -1,0 +1,326 @@
+//! `test-service --once` against two person services: a Python nameko
+//! 2.14.1 fixture (tests/python/person_fixture.py, run with `nameko run`)
+//! and the Rust person-service, run in this process. A round passes
+//! against both.
+//!
+//! A fixture is only worth passing if it behaves like the real thing, so a
+//! third test makes the same calls to both and compares every answer.
+
+use person_service::{Application, RunningApp, Settings};
+use rpc_core::{json, Args, CallError, Config, RpcProxy, Value};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use test_support::nameko::NamekoRun;
+use test_support::Cleanup;
+
+fn python_dir() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python"))
+}
+
+/// The Python fixture, running as `name`.
+fn start_fixture(name: &str) -> NamekoRun {
+    NamekoRun::start(
+        python_dir(),
+        "person_fixture",
+        &test_support::require_broker(),
+        &[("PERSON_SERVICE_NAME", name)],
+    )
+}
+
+/// The Rust person-service running as `name` on a fresh database, removed
+/// when this is dropped.
+struct RustPerson {
+    running: Option<RunningApp>,
+    db: PathBuf,
+}
+
+impl RustPerson {
+    async fn start(name: &str) -> RustPerson {
+        let uri = test_support::require_broker();
+        let db = std::env::temp_dir().join(format!("{name}.db"));
+        let mut settings = Settings::new(&uri, db.clone());
+        settings.service_name = name.to_owned();
+        let app = Application::build(settings).await.expect("app builds");
+        let mut running = app.start().await.expect("app starts");
+        running.ready().await.expect("the person-service consumes");
+        RustPerson {
+            running: Some(running),
+            db,
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(running) = self.running.take() {
+            running.shutdown().await.expect("stops cleanly");
+        }
+    }
+}
+
+impl Drop for RustPerson {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut path = self.db.clone().into_os_string();
+            path.push(suffix);
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// What a service's queue and event exchange are called, for clean-up.
+fn cleanup_for(names: &[&str]) -> Cleanup {
+    names.iter().fold(Cleanup::new(), |c, name| {
+        c.service(name).exchange(&format!("{name}.events"))
+    })
+}
+
+/// Runs `test-service --once` against `target`. It waits (up to `--wait`)
+/// for the target to answer, so it can start alongside it.
+async fn run_once(target: &str) -> (Option<i32>, String, String) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_test-service"))
+        .args([
+            "--once",
+            "--target",
+            target,
+            "--wait",
+            "60",
+            "--timeout",
+            "10",
+        ])
+        .env("AMQP_URI", test_support::require_broker())
+        .output()
+        .await
+        .expect("test-service runs");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn assert_round_passed(target: &str, (code, stdout, stderr): &(Option<i32>, String, String)) {
+    assert_eq!(
+        *code,
+        Some(0),
+        "test-service --once against {target}:\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    for step in [
+        "create",
+        "list",
+        "update",
+        "get",
+        "delete",
+        "get_deleted",
+        "create_invalid",
+    ] {
+        assert!(
+            stdout.contains(&format!("PASS  {step} ")),
+            "{step}: {stdout}"
+        );
+    }
+    assert!(stdout.contains("passed: 7/7 checks"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_passes_against_the_python_fixture() {
+    let name = test_support::unique_name("py_person");
+    let _cleanup = cleanup_for(&[&name]);
+    let mut fixture = start_fixture(&name);
+    let outcome = run_once(&name).await;
+    fixture.assert_running();
+    assert_round_passed(&name, &outcome);
+    fixture.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_passes_against_the_rust_person_service() {
+    let name = test_support::unique_name("rust_person");
+    let _cleanup = cleanup_for(&[&name]);
+    let person = RustPerson::start(&name).await;
+    let outcome = run_once(&name).await;
+    assert_round_passed(&name, &outcome);
+    person.stop().await;
+}
+
+/// How much of two answers must agree.
+#[derive(Clone, Copy, Debug)]
+enum Compare {
+    /// Result, or error type, path, args and value.
+    Exactly,
+    /// Error type, path and the first arg (the field): the message of a
+    /// type error is serde's in Rust and the fixture's own in Python.
+    Field,
+    /// Error type and path only: for too many positional arguments, a
+    /// Python nameko service counts `self` ("get() takes 2 positional
+    /// arguments but 3 were given") and rpc-core does not ("takes 1 ...
+    /// but 2").
+    Type,
+}
+
+/// An answer as comparable JSON.
+fn answer(result: Result<Value, CallError>, compare: Compare) -> Value {
+    match result {
+        Ok(v) => json!({ "result": v }),
+        Err(CallError::Remote(e)) => match compare {
+            Compare::Exactly => json!({
+                "exc_type": e.exc_type, "exc_path": e.exc_path,
+                "exc_args": e.exc_args, "value": e.value,
+            }),
+            Compare::Field => json!({
+                "exc_type": e.exc_type, "exc_path": e.exc_path,
+                "field": e.exc_args.first(),
+            }),
+            Compare::Type => json!({ "exc_type": e.exc_type, "exc_path": e.exc_path }),
+        },
+        Err(e) => panic!("not an answer: {e}"),
+    }
+}
+
+/// Calls `list(limit=1)` until the service answers.
+async fn wait_until_up(proxy: &RpcProxy, name: &str, fixture: &mut NamekoRun) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        fixture.assert_running();
+        match proxy
+            .call(name, "list", Args::new().kwarg("limit", 1))
+            .await
+        {
+            Ok(_) => return,
+            Err(CallError::UnknownService(_)) => {}
+            Err(e) => panic!("{name} failed: {e}"),
+        }
+        assert!(Instant::now() < deadline, "{name} did not come up in 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_fixture_answers_like_the_rust_person_service() {
+    let py = test_support::unique_name("py_person");
+    let rust = test_support::unique_name("rust_person");
+    let _cleanup = cleanup_for(&[&py, &rust]);
+    let mut fixture = start_fixture(&py);
+    let person = RustPerson::start(&rust).await;
+    let mut config = Config::new(&test_support::broker_uri()).unwrap();
+    config.rpc_timeout = Duration::from_secs(10);
+    let proxy = RpcProxy::connect(config).await.expect("proxy connects");
+    wait_until_up(&proxy, &py, &mut fixture).await;
+
+    use Compare::*;
+    let long_name = "x".repeat(101);
+    let calls: Vec<(&str, Args, Compare)> = vec![
+        (
+            "create",
+            Args::new().arg("Ada").arg("Lovelace").arg(36),
+            Exactly,
+        ),
+        (
+            "create",
+            Args::new()
+                .kwarg("first_name", "Grace")
+                .kwarg("last_name", "Hopper")
+                .kwarg("age", 85)
+                .kwarg("member", true),
+            Exactly,
+        ),
+        (
+            "create",
+            Args::new()
+                .arg("Zoë")
+                .arg("Ñúñez 😀")
+                .arg(0)
+                .kwarg("member", false),
+            Exactly,
+        ),
+        ("get", Args::new().arg(1), Exactly),
+        ("get", Args::new().kwarg("id", 2), Exactly),
+        ("list", Args::new(), Exactly),
+        ("list", Args::new().kwarg("limit", 2), Exactly),
+        (
+            "list",
+            Args::new().kwarg("limit", 2).kwarg("after_id", 2),
+            Exactly,
+        ),
+        ("list", Args::new().arg(1).arg(1), Exactly),
+        ("list", Args::new().kwarg("after_id", 3), Exactly),
+        ("list", Args::new().kwarg("limit", Value::Null), Exactly),
+        (
+            "update",
+            Args::new().arg(1).kwarg("age", 37).kwarg("member", true),
+            Exactly,
+        ),
+        (
+            "update",
+            Args::new().arg(2).kwarg("first_name", "Amazing Grace"),
+            Exactly,
+        ),
+        (
+            "update",
+            Args::new().arg(2).kwarg("age", Value::Null),
+            Exactly,
+        ),
+        ("get", Args::new().arg(1), Exactly),
+        ("delete", Args::new().arg(3), Exactly),
+        ("get", Args::new().arg(3), Exactly),
+        ("delete", Args::new().arg(3), Exactly),
+        ("update", Args::new().arg(3).kwarg("age", 1), Exactly),
+        // The changes are checked before the id.
+        ("update", Args::new().arg(3).kwarg("age", 200), Exactly),
+        ("list", Args::new(), Exactly),
+        ("create", Args::new().arg("").arg("x").arg(1), Exactly),
+        ("create", Args::new().arg("a").arg("  ").arg(1), Exactly),
+        ("create", Args::new().arg("a").arg("b").arg(151), Exactly),
+        ("create", Args::new().arg("a").arg("b").arg(-1), Exactly),
+        ("create", Args::new().arg("a\nb").arg("c").arg(1), Exactly),
+        (
+            "create",
+            Args::new().arg(long_name).arg("c").arg(1),
+            Exactly,
+        ),
+        ("create", Args::new().arg("a").arg("b").arg("old"), Field),
+        ("create", Args::new().arg("").arg(5).arg(1), Field),
+        (
+            "create",
+            Args::new().arg("a").arg("b").arg(1).kwarg("member", "yes"),
+            Field,
+        ),
+        ("update", Args::new().arg(1).kwarg("last_name", ""), Exactly),
+        ("list", Args::new().kwarg("limit", 0), Exactly),
+        ("list", Args::new().kwarg("limit", 10_001), Exactly),
+        ("list", Args::new().kwarg("limit", "x"), Field),
+        ("get", Args::new().arg("1"), Field),
+        ("get", Args::new(), Exactly),
+        ("get", Args::new().arg(1).kwarg("bogus", 1), Exactly),
+        ("get", Args::new().arg(1).kwarg("id", 1), Exactly),
+        ("create", Args::new().arg("only-one"), Exactly),
+        ("get", Args::new().arg(1).arg(2), Type),
+        ("nosuch", Args::new(), Exactly),
+        // The first three are still there, in id order, ids not reused.
+        (
+            "create",
+            Args::new().arg("Late").arg("Comer").arg(1),
+            Exactly,
+        ),
+        ("list", Args::new(), Exactly),
+    ];
+    let mut differences = Vec::new();
+    for (method, args, compare) in calls {
+        let shown = format!("{method}{}", serde_json::to_string(args.body()).unwrap());
+        let from_rust = answer(proxy.call(&rust, method, args.clone()).await, compare);
+        let from_python = answer(proxy.call(&py, method, args).await, compare);
+        if from_rust != from_python {
+            differences.push(format!(
+                "{shown}:\n  rust:   {from_rust}\n  python: {from_python}"
+            ));
+        }
+    }
+    assert!(
+        differences.is_empty(),
+        "the fixture differs from the Rust person-service:\n{}",
+        differences.join("\n")
+    );
+
+    fixture.assert_running();
+    fixture.stop();
+    proxy.close().await;
+    person.stop().await;
+}

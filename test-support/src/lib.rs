@@ -4,6 +4,7 @@
 //! broker with guest/guest). When it is not there they fail at once with a
 //! message saying so; they never skip.
 
+pub mod faulty;
 pub mod nameko;
 pub mod python;
 

@@ -1,6 +1,15 @@
-//! Command-line and environment settings.
+//! Command line, environment and config file.
+//!
+//! Each setting is taken from the first of: its flag, its environment
+//! variable, the `--config` file, its default. The file is a nameko config
+//! file ([`rpc_core::config_file`]): an existing nameko deployment's file
+//! works as is, and may also carry this service's own keys, named like the
+//! environment variables ([`FILE_KEYS`]).
 
-use clap::{Parser, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
+use rpc_core::config_file::{ConfigFileError, FileConfig};
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 /// How log lines are written.
@@ -12,16 +21,38 @@ pub enum LogFormat {
     Json,
 }
 
+/// person-service's own keys in a `--config` file, beside nameko's
+/// (`AMQP_URI` and `max_workers` are nameko's keys for `--amqp-uri` and
+/// `--max-workers`).
+pub const FILE_KEYS: &[&str] = &[
+    "PERSON_DB",
+    "SERVICE_NAME",
+    "HTTP_ADDR",
+    "HTTP_MAX_BODY",
+    "LOG_FORMAT",
+];
+
 /// person-service's settings. Every flag can also be given in the
-/// environment; a flag wins over the environment.
+/// environment or in the `--config` file; a flag wins over the environment,
+/// which wins over the file.
 #[derive(Clone, Debug, Parser)]
 #[command(
     name = "person-service",
     version,
     about = "A database of people served over nameko-compatible RPC on RabbitMQ, stored in SQLite.",
-    after_help = "Examples:\n  person-service\n  person-service --http 127.0.0.1:8000\n  person-service --amqp-uri amqp://app:$RABBIT_PASSWORD@rabbit:5672/%2f --db /data/person.db\n  AMQP_URI=pyamqp://rabbit person-service --service-name person-staging"
+    after_help = "Settings come from the first of: flag, environment, --config file, default.\n\
+\n\
+Examples:\n  person-service\n  person-service --http 127.0.0.1:8000\n  person-service --config config.yaml\n  person-service --amqp-uri amqp://app:$RABBIT_PASSWORD@rabbit:5672/%2f --db /data/person.db\n  AMQP_URI=pyamqp://rabbit person-service --service-name person-staging"
 )]
 pub struct Settings {
+    /// A nameko config file (YAML, with ${VAR:default} substitution):
+    /// AMQP_URI, max_workers, rpc_exchange, parent_calls_tracked, HEARTBEAT,
+    /// AMQP_SSL's ca_certs, and this service's own PERSON_DB, SERVICE_NAME,
+    /// HTTP_ADDR, HTTP_MAX_BODY, LOG_FORMAT. Flags and environment win over
+    /// it. A file that cannot be used stops start-up (exit status 2).
+    #[arg(long = "config", env = "CONFIG_FILE", value_name = "FILE")]
+    pub config_file: Option<PathBuf>,
+
     /// Broker URI: amqp://, amqps:// or nameko's pyamqp://, with kombu's vhost
     /// rules [default: amqp://localhost:5672/%2f as user guest]
     #[arg(
@@ -37,7 +68,8 @@ pub struct Settings {
     #[arg(long, env = "PERSON_DB", default_value = "person.db")]
     pub db: PathBuf,
 
-    /// Calls served at once (and the prefetch of the request queue).
+    /// Calls served at once (and the prefetch of the request queue). In a
+    /// config file: nameko's max_workers (0 there means 10, as in nameko).
     #[arg(long, env = "MAX_WORKERS", default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..))]
     pub max_workers: u16,
 
@@ -58,12 +90,123 @@ pub struct Settings {
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// The `--config` file as loaded: its nameko settings that have no flag
+    /// (rpc_exchange, HEARTBEAT, …) and its warnings. `None` without one.
+    #[arg(skip)]
+    pub file: Option<FileConfig>,
+}
+
+/// Why the settings cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// A flag or an environment variable is wrong, or `--help` /
+    /// `--version` was asked for: [`clap::Error::exit`] prints it.
+    #[error(transparent)]
+    Cli(#[from] clap::Error),
+    /// The config file is unusable; the message names the file and key.
+    #[error(transparent)]
+    File(#[from] ConfigFileError),
 }
 
 impl Settings {
-    /// The rpc-core configuration these settings describe.
+    /// Reads the command line, the environment and the `--config` file.
+    pub fn load() -> Result<Self, SettingsError> {
+        Self::load_from(std::env::args_os())
+    }
+
+    /// [`load`](Self::load) with the given arguments (the first is the
+    /// program name); the environment is still the process's.
+    pub fn load_from<I, T>(args: I) -> Result<Self, SettingsError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let matches = Self::command().try_get_matches_from(args)?;
+        let mut settings = Self::from_arg_matches(&matches)?;
+        if let Some(path) = settings.config_file.clone() {
+            let file = FileConfig::load(&path, FILE_KEYS)?;
+            settings.layer_file(&matches, &file)?;
+            settings.file = Some(file);
+        }
+        Ok(settings)
+    }
+
+    /// Takes each setting that neither a flag nor the environment gave from
+    /// the file, when the file has it.
+    fn layer_file(
+        &mut self,
+        matches: &ArgMatches,
+        file: &FileConfig,
+    ) -> Result<(), ConfigFileError> {
+        let from_file = |id: &str| {
+            matches!(
+                matches.value_source(id),
+                None | Some(ValueSource::DefaultValue)
+            )
+        };
+        if from_file("amqp_uri") {
+            if let Some(uri) = file.get_text("AMQP_URI")? {
+                self.amqp_uri = uri;
+            }
+        }
+        if from_file("max_workers") {
+            if let Some(n) = file.max_workers {
+                // nameko: a falsy max_workers means the default, 10.
+                let n = if n == 0 { 10 } else { n };
+                self.max_workers = u16::try_from(n)
+                    .map_err(|_| file.invalid("max_workers", "must be at most 65535"))?;
+            }
+        }
+        if from_file("db") {
+            if let Some(db) = file.get_text("PERSON_DB")? {
+                self.db = PathBuf::from(db);
+            }
+        }
+        if from_file("service_name") {
+            if let Some(name) = file.get_text("SERVICE_NAME")? {
+                self.service_name = name;
+            }
+        }
+        if from_file("http") {
+            if let Some(addr) = file.get_text("HTTP_ADDR")? {
+                self.http = Some(addr.parse().map_err(|_| {
+                    file.invalid(
+                        "HTTP_ADDR",
+                        format!("`{addr}` is not an address like 127.0.0.1:8000"),
+                    )
+                })?);
+            }
+        }
+        if from_file("http_max_body") {
+            if let Some(n) = file.get_text("HTTP_MAX_BODY")? {
+                self.http_max_body = n.parse().map_err(|_| {
+                    file.invalid("HTTP_MAX_BODY", format!("`{n}` is not a number of bytes"))
+                })?;
+            }
+        }
+        if from_file("log_format") {
+            if let Some(format) = file.get_text("LOG_FORMAT")? {
+                self.log_format = LogFormat::from_str(&format, true).map_err(|_| {
+                    file.invalid("LOG_FORMAT", format!("`{format}` is not one of text, json"))
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The rpc-core configuration these settings describe: defaults, then
+    /// the config file's nameko settings, then the broker and worker count
+    /// as layered above.
     pub fn rpc_config(&self) -> Result<rpc_core::Config, String> {
-        let mut config = rpc_core::Config::new(&self.amqp_uri).map_err(|e| e.to_string())?;
+        let mut config = rpc_core::Config::default();
+        if let Some(file) = &self.file {
+            file.apply_to(&mut config);
+        }
+        config.amqp_uri = self
+            .amqp_uri
+            .parse()
+            .map_err(|e: rpc_core::ConnectError| e.to_string())?;
         config.max_workers = usize::from(self.max_workers);
         Ok(config)
     }
@@ -72,6 +215,7 @@ impl Settings {
     /// tests and embedding).
     pub fn new(amqp_uri: &str, db: PathBuf) -> Self {
         Settings {
+            config_file: None,
             amqp_uri: amqp_uri.to_owned(),
             db,
             max_workers: 10,
@@ -79,6 +223,72 @@ impl Settings {
             http: None,
             http_max_body: 64 * 1024,
             log_format: LogFormat::Text,
+            file: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    fn load(args: &[&str]) -> Result<Settings, SettingsError> {
+        Settings::load_from(std::iter::once("person-service").chain(args.iter().copied()))
+    }
+
+    // The environment is the test process's, so these use flags and keys
+    // that no test environment sets; tests/config.rs runs the binary with
+    // a controlled environment.
+    #[test]
+    fn flags_win_over_the_file_which_wins_over_defaults() {
+        let (_dir, path) =
+            write("HTTP_MAX_BODY: 1000\nLOG_FORMAT: json\nrpc_exchange: other-rpc\nHEARTBEAT: 5\n");
+        let path = path.to_str().unwrap();
+        let s = load(&["--config", path]).unwrap();
+        assert_eq!(s.http_max_body, 1000);
+        assert_eq!(s.log_format, LogFormat::Json);
+        let config = s.rpc_config().unwrap();
+        assert_eq!(config.rpc_exchange, "other-rpc");
+        assert_eq!(config.heartbeat, 5);
+
+        let s = load(&[
+            "--config",
+            path,
+            "--http-max-body",
+            "7",
+            "--log-format",
+            "text",
+        ])
+        .unwrap();
+        assert_eq!(s.http_max_body, 7);
+        assert_eq!(s.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn file_values_are_checked_like_flags() {
+        let (_dir, path) = write("HTTP_MAX_BODY: lots\n");
+        let err = load(&["--config", path.to_str().unwrap()]).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("HTTP_MAX_BODY") && msg.contains("config.yaml"),
+            "{msg}"
+        );
+        let (_dir, path) = write("LOG_FORMAT: xml\n");
+        assert!(load(&["--config", path.to_str().unwrap()]).is_err());
+    }
+
+    #[test]
+    fn settings_new_still_gives_a_config() {
+        let s = Settings::new("amqp://u:p@h:1/v", PathBuf::from("x.db"));
+        let config = s.rpc_config().unwrap();
+        assert_eq!(config.amqp_uri.endpoint(), "h:1");
+        assert_eq!(config.rpc_exchange, "nameko-rpc");
     }
 }

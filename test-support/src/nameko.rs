@@ -129,7 +129,8 @@ impl Drop for NamekoRun {
         if self.is_running() {
             self.stop();
         }
-        if std::thread::panicking() || std::env::var_os("NAMEKO_LOG").is_some() {
+        let panicking = std::thread::panicking();
+        if panicking || std::env::var_os("NAMEKO_LOG").is_some() {
             // Shown with the test's failure (libtest captures eprintln).
             eprintln!(
                 "--- output of nameko run {} ({}) ---\n{}--- end ---",
@@ -137,7 +138,9 @@ impl Drop for NamekoRun {
                 self.log.display(),
                 self.log()
             );
-        } else {
+        }
+        // Kept after a failure, for a closer look.
+        if !panicking {
             let _ = std::fs::remove_file(&self.log);
         }
     }

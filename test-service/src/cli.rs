@@ -1,19 +1,47 @@
-//! Command line and environment.
+//! Command line, environment and config file.
 //!
 //! Every setting can also come from the environment, so the same image runs
 //! as a long-lived checker or as a compose smoke test without a wrapper
-//! script. The broker URI is taken as plain text and parsed only after clap
-//! is done: clap quotes rejected values in its errors, and this value
-//! carries a password.
+//! script, or from a nameko config file (`--config`): each setting comes
+//! from the first of flag, environment, file, default. The file's own keys
+//! are named like the environment variables ([`FILE_KEYS`]). The broker URI
+//! is taken as plain text and parsed only after clap is done: clap quotes
+//! rejected values in its errors, and this value carries a password.
 
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
+use rpc_core::config_file::{ConfigFileError, FileConfig};
 use rpc_core::{Config, ConnectError};
+use std::ffi::OsString;
+use std::path::PathBuf;
 use std::time::Duration;
+
+/// test-service's own keys in a `--config` file, beside nameko's
+/// (`AMQP_URI` is nameko's key for `--amqp-uri`).
+pub const FILE_KEYS: &[&str] = &[
+    "TARGET_SERVICE",
+    "SERVICE_NAME",
+    "INTERVAL",
+    "RPC_TIMEOUT",
+    "WAIT",
+];
+
+/// Exit status when the command line's config file cannot be used (as
+/// clap's for a bad command line, and as an unusable broker URI).
+pub const EXIT_CONFIG: u8 = 2;
 
 /// Exercises a person service over nameko-compatible RPC.
 #[derive(Clone, Debug, Parser)]
 #[command(name = "test-service", version, about, long_about = None, after_help = EXAMPLES)]
 pub struct Cli {
+    /// A nameko config file (YAML, with ${VAR:default} substitution):
+    /// AMQP_URI, max_workers, rpc_exchange, parent_calls_tracked, HEARTBEAT,
+    /// AMQP_SSL's ca_certs, and this program's TARGET_SERVICE, SERVICE_NAME,
+    /// INTERVAL, RPC_TIMEOUT, WAIT. Flags and environment win over it. A
+    /// file that cannot be used exits with status 2.
+    #[arg(long = "config", env = "CONFIG_FILE", value_name = "FILE")]
+    pub config_file: Option<PathBuf>,
+
     /// Broker to connect to. Defaults to the local RabbitMQ (localhost:5672,
     /// vhost "/") as user guest.
     #[arg(
@@ -50,6 +78,23 @@ pub struct Cli {
     /// to come up before giving up.
     #[arg(long, env = "WAIT", default_value = "30", value_parser = seconds)]
     pub wait: Duration,
+
+    /// The `--config` file as loaded: its nameko settings that have no flag
+    /// (rpc_exchange, max_workers, …) and its warnings. `None` without one.
+    #[arg(skip)]
+    pub file: Option<FileConfig>,
+}
+
+/// Why the settings cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// A flag or an environment variable is wrong, or `--help` /
+    /// `--version` was asked for: [`clap::Error::exit`] prints it.
+    #[error(transparent)]
+    Cli(#[from] clap::Error),
+    /// The config file is unusable; the message names the file and key.
+    #[error(transparent)]
+    File(#[from] ConfigFileError),
 }
 
 const EXAMPLES: &str = "\
@@ -57,6 +102,7 @@ Examples:
   test-service                          check `person` every 5 s, forever
   test-service --interval 0.5 --target people
   test-service --once --wait 60         smoke test, e.g. in docker compose
+  test-service --config config.yaml     a nameko config file, plus TARGET_SERVICE etc.
   AMQP_URI=\"amqp://app:${RABBIT_PASSWORD}@rabbit/%2f\" test-service --once";
 
 /// What the command line asks for.
@@ -72,6 +118,79 @@ pub enum Mode {
 }
 
 impl Cli {
+    /// Reads the command line, the environment and the `--config` file.
+    pub fn load() -> Result<Self, CliError> {
+        Self::load_from(std::env::args_os())
+    }
+
+    /// [`load`](Self::load) with the given arguments (the first is the
+    /// program name); the environment is still the process's.
+    pub fn load_from<I, T>(args: I) -> Result<Self, CliError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let matches = Self::command().try_get_matches_from(args)?;
+        let mut cli = Self::from_arg_matches(&matches)?;
+        if let Some(path) = cli.config_file.clone() {
+            let file = FileConfig::load(&path, FILE_KEYS)?;
+            cli.layer_file(&matches, &file)?;
+            cli.file = Some(file);
+        }
+        Ok(cli)
+    }
+
+    /// Takes each setting that neither a flag nor the environment gave from
+    /// the file, when the file has it; values are checked as the flags'.
+    fn layer_file(
+        &mut self,
+        matches: &ArgMatches,
+        file: &FileConfig,
+    ) -> Result<(), ConfigFileError> {
+        let from_file = |id: &str| {
+            matches!(
+                matches.value_source(id),
+                None | Some(ValueSource::DefaultValue)
+            )
+        };
+        let duration = |key: &str, parse: fn(&str) -> Result<Duration, String>| {
+            file.get_text(key)?
+                .map(|text| parse(&text).map_err(|e| file.invalid(key, e)))
+                .transpose()
+        };
+        if from_file("amqp_uri") {
+            if let Some(uri) = file.get_text("AMQP_URI")? {
+                self.amqp_uri = uri;
+            }
+        }
+        if from_file("target") {
+            if let Some(target) = file.get_text("TARGET_SERVICE")? {
+                self.target = target;
+            }
+        }
+        if from_file("service_name") {
+            if let Some(name) = file.get_text("SERVICE_NAME")? {
+                self.service_name = name;
+            }
+        }
+        if from_file("interval") {
+            if let Some(d) = duration("INTERVAL", positive_seconds)? {
+                self.interval = d;
+            }
+        }
+        if from_file("timeout") {
+            if let Some(d) = duration("RPC_TIMEOUT", positive_seconds)? {
+                self.timeout = d;
+            }
+        }
+        if from_file("wait") {
+            if let Some(d) = duration("WAIT", seconds)? {
+                self.wait = d;
+            }
+        }
+        Ok(())
+    }
+
     /// The mode, so callers cannot read `--wait` outside `--once`.
     pub fn mode(&self) -> Mode {
         if self.once {
@@ -81,9 +200,14 @@ impl Cli {
         }
     }
 
-    /// rpc-core settings: the broker and the per-call timeout.
+    /// rpc-core settings: defaults, the config file's nameko settings, then
+    /// the broker and the per-call timeout as layered above.
     pub fn config(&self) -> Result<Config, ConnectError> {
-        let mut config = Config::new(&self.amqp_uri)?;
+        let mut config = Config::default();
+        if let Some(file) = &self.file {
+            file.apply_to(&mut config);
+        }
+        config.amqp_uri = self.amqp_uri.parse()?;
         config.rpc_timeout = self.timeout;
         Ok(config)
     }
@@ -171,6 +295,56 @@ mod tests {
         let help = Cli::command().render_long_help().to_string();
         assert!(!help.contains("guest:guest"), "{help}");
         assert!(help.contains("AMQP_URI"), "{help}");
+    }
+
+    fn load_with_file(text: &str, args: &[&str]) -> Result<Cli, CliError> {
+        let dir = std::env::temp_dir().join(format!("test-service-cli-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.yaml");
+        std::fs::write(&path, text).unwrap();
+        let path = path.to_str().unwrap().to_owned();
+        let mut argv = vec!["test-service", "--config", path.as_str()];
+        argv.extend_from_slice(args);
+        let result = Cli::load_from(argv);
+        let _ = std::fs::remove_dir_all(&dir);
+        result
+    }
+
+    // The environment is the test process's: these use settings no test
+    // environment sets; tests/config.rs runs the binary with a controlled
+    // environment.
+    #[test]
+    fn the_file_fills_what_flags_leave_unset() {
+        let text = "TARGET_SERVICE: people\nINTERVAL: 0.5\nRPC_TIMEOUT: 2\nWAIT: 0\n\
+                    rpc_exchange: other-rpc\nmax_workers: 3\n";
+        let cli = load_with_file(text, &[]).unwrap();
+        assert_eq!(cli.target, "people");
+        assert_eq!(cli.interval, Duration::from_millis(500));
+        assert_eq!(cli.timeout, Duration::from_secs(2));
+        assert_eq!(cli.wait, Duration::ZERO);
+        let config = cli.config().unwrap();
+        assert_eq!(config.rpc_exchange, "other-rpc");
+        assert_eq!(config.max_workers, 3);
+        assert_eq!(config.rpc_timeout, Duration::from_secs(2));
+
+        let cli = load_with_file(text, &["--target", "flagged", "--interval", "7"]).unwrap();
+        assert_eq!(cli.target, "flagged");
+        assert_eq!(cli.interval, Duration::from_secs(7));
+    }
+
+    #[test]
+    fn file_values_are_checked_like_flags() {
+        for (text, key) in [
+            ("INTERVAL: 0\n", "INTERVAL"),
+            ("RPC_TIMEOUT: soon\n", "RPC_TIMEOUT"),
+            ("WAIT: [1]\n", "WAIT"),
+            ("serializer: pickle\n", "serializer"),
+        ] {
+            match load_with_file(text, &[]) {
+                Err(CliError::File(e)) => assert_eq!(e.key(), Some(key), "{text}: {e}"),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
     }
 
     #[test]

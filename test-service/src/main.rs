@@ -1,14 +1,21 @@
 //! `test-service`: see the library docs for what a round checks.
 
-use clap::Parser;
 use std::io::IsTerminal;
 use std::process::ExitCode;
-use test_service::cli::Cli;
+use test_service::cli::{Cli, CliError, EXIT_CONFIG};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::load() {
+        Ok(cli) => cli,
+        Err(CliError::Cli(e)) => e.exit(),
+        Err(e @ CliError::File(_)) => {
+            // The message names the file and the key, never the password.
+            eprintln!("test-service: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     // lapin logs a normal close of a proxy at ERROR; rpc-core reports the
     // connection problems that matter itself. RUST_LOG=lapin=debug shows it.
     let filter =
@@ -18,5 +25,9 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    if let Some(file) = &cli.file {
+        tracing::info!(file = %file.path().display(), "read the config file");
+        file.log_warnings();
+    }
     test_service::run(cli).await
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use test_support::Cleanup;
 
 pub mod http;
+pub mod process;
 pub mod raw;
 
 pub struct TestApp {

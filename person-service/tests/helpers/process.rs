@@ -1,0 +1,133 @@
+//! person-service as a separate process (the release-like binary), for
+//! tests that measure its memory or kill it.
+
+use rpc_core::{Args, CallError, RpcProxy};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct ServiceProcess {
+    pub child: Child,
+    pub name: String,
+}
+
+impl ServiceProcess {
+    /// Starts `person-service --service-name NAME --db DB` with extra args,
+    /// logs to `log` (a file), and waits until it answers.
+    pub async fn start(
+        name: &str,
+        db: &Path,
+        extra: &[&str],
+        log: &Path,
+        proxy: &RpcProxy,
+    ) -> ServiceProcess {
+        let out = std::fs::File::create(log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_person-service"))
+            .args(["--service-name", name, "--db"])
+            .arg(db)
+            .args(extra)
+            .env("AMQP_URI", test_support::broker_uri())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .expect("start person-service");
+        let p = ServiceProcess {
+            child,
+            name: name.to_owned(),
+        };
+        p.wait_ready(proxy).await;
+        p
+    }
+
+    /// Waits until a call goes through (the queue exists and is consumed).
+    pub async fn wait_ready(&self, proxy: &RpcProxy) {
+        let quick = proxy.with_timeout(Duration::from_secs(2));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match quick
+                .call(&self.name, "list", Args::new().kwarg("limit", 1))
+                .await
+            {
+                Ok(_) => return,
+                Err(CallError::UnknownService(_)) | Err(CallError::Timeout { .. }) => {}
+                Err(e) => panic!("person-service answers oddly: {e}"),
+            }
+            assert!(
+                Instant::now() < deadline,
+                "person-service did not come up in 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Peak resident memory (VmHWM) in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        status_field(self.pid(), "VmHWM:")
+    }
+
+    /// Current resident memory (VmRSS) in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        status_field(self.pid(), "VmRSS:")
+    }
+
+    /// User + system CPU time so far.
+    pub fn cpu(&self) -> Duration {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        // Fields after the parenthesised command name; utime and stime are
+        // the 14th and 15th fields overall.
+        let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<u64> = after
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        let ticks = f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0);
+        Duration::from_millis(ticks * 10)
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status();
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        self.signal("TERM");
+        self.child.wait().expect("wait for person-service")
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        if self.is_running() {
+            self.kill();
+        }
+    }
+}
+
+fn status_field(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}

@@ -3,7 +3,9 @@
 //! properties. Replies land in an exclusive queue bound to nameko-rpc.
 
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
 use rpc_core::{wire, Value};
@@ -23,9 +25,10 @@ pub struct RawReply {
 
 impl Raw {
     pub async fn connect() -> Raw {
-        let conn = Connection::connect(&test_support::broker_uri(), ConnectionProperties::default())
-            .await
-            .expect("connect");
+        let conn =
+            Connection::connect(&test_support::broker_uri(), ConnectionProperties::default())
+                .await
+                .expect("connect");
         let channel = conn.create_channel().await.unwrap();
         channel.confirm_select(Default::default()).await.unwrap();
         let reply_key = uuid::Uuid::new_v4().to_string();
@@ -33,20 +36,43 @@ impl Raw {
         channel
             .queue_declare(
                 queue.as_str().into(),
-                QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
                 FieldTable::default(),
             )
             .await
             .unwrap();
         channel
-            .queue_bind(queue.as_str().into(), "nameko-rpc".into(), reply_key.as_str().into(), QueueBindOptions::default(), FieldTable::default())
+            .queue_bind(
+                queue.as_str().into(),
+                "nameko-rpc".into(),
+                reply_key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
             .await
             .unwrap();
         let replies = channel
-            .basic_consume(queue.as_str().into(), "raw".into(), BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default())
+            .basic_consume(
+                queue.as_str().into(),
+                "raw".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
             .await
             .unwrap();
-        Raw { conn, channel, reply_key, replies }
+        Raw {
+            conn,
+            channel,
+            reply_key,
+            replies,
+        }
     }
 
     /// nameko's request properties with this client's reply queue.
@@ -61,7 +87,13 @@ impl Raw {
 
     pub async fn publish(&self, routing_key: &str, body: &[u8], props: BasicProperties) {
         self.channel
-            .basic_publish("nameko-rpc".into(), routing_key.into(), BasicPublishOptions::default(), body, props)
+            .basic_publish(
+                "nameko-rpc".into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                body,
+                props,
+            )
             .await
             .unwrap()
             .await
@@ -72,7 +104,13 @@ impl Raw {
     pub async fn publish_nowait(&self, routing_key: &str, body: &[u8], props: BasicProperties) {
         let _ = self
             .channel
-            .basic_publish("nameko-rpc".into(), routing_key.into(), BasicPublishOptions::default(), body, props)
+            .basic_publish(
+                "nameko-rpc".into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                body,
+                props,
+            )
             .await
             .unwrap();
     }
@@ -82,13 +120,22 @@ impl Raw {
     }
 
     pub async fn reply(&mut self) -> RawReply {
-        self.reply_within(Duration::from_secs(15)).await.expect("a reply within 15 s")
+        self.reply_within(Duration::from_secs(15))
+            .await
+            .expect("a reply within 15 s")
     }
 
     pub async fn reply_within(&mut self, wait: Duration) -> Option<RawReply> {
-        let d = tokio::time::timeout(wait, self.replies.next()).await.ok()??.ok()?;
+        let d = tokio::time::timeout(wait, self.replies.next())
+            .await
+            .ok()??
+            .ok()?;
         Some(RawReply {
-            correlation_id: d.properties.correlation_id().as_ref().map(|c| c.as_str().to_owned()),
+            correlation_id: d
+                .properties
+                .correlation_id()
+                .as_ref()
+                .map(|c| c.as_str().to_owned()),
             body: wire::decode_reply(&d.data).expect("a nameko reply body"),
         })
     }

@@ -102,7 +102,7 @@ impl Raw {
 
     /// Publishes without waiting for each confirm (for volume).
     pub async fn publish_nowait(&self, routing_key: &str, body: &[u8], props: BasicProperties) {
-        let _ = self
+        let confirm = self
             .channel
             .basic_publish(
                 "nameko-rpc".into(),
@@ -113,6 +113,8 @@ impl Raw {
             )
             .await
             .unwrap();
+        // Dropped unawaited, the confirm is collected by wait_confirms.
+        drop(confirm);
     }
 
     pub async fn wait_confirms(&self) {

@@ -581,7 +581,7 @@ fn apply_job(conn: &Connection, job: &WriteJob, now: i64) -> Result<(Written, bo
         if let Some((recorded_method, response)) = recorded {
             if recorded_method == method {
                 if let Ok(written) = serde_json::from_str::<Written>(&response) {
-                    tracing::info!(
+                    tracing::warn!(
                         request_id,
                         method,
                         "redelivered request: answering with the recorded result"

@@ -18,11 +18,13 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// Retry until shutdown, waiting 0.5 s, 1 s, 2 s … up to 30 s.
+    /// Retry until shutdown, waiting 0.5 s, 1 s, 2 s, 4 s, then 5 s
+    /// (kombu's `interval_max`), so a broker back from a restart is found
+    /// within five seconds.
     pub fn forever() -> Self {
         RetryPolicy {
             initial: Duration::from_millis(500),
-            max: Duration::from_secs(30),
+            max: Duration::from_secs(5),
             attempts: None,
         }
     }

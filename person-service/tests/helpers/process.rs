@@ -21,15 +21,17 @@ impl ServiceProcess {
         log: &Path,
         proxy: &RpcProxy,
     ) -> ServiceProcess {
+        // person-service logs to stdout; stderr goes to the same file.
         let out = std::fs::File::create(log).expect("log file");
+        let err = out.try_clone().expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_person-service"))
             .args(["--service-name", name, "--db"])
             .arg(db)
             .args(extra)
             .env("AMQP_URI", test_support::broker_uri())
             .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(out)
+            .stdout(out)
+            .stderr(err)
             .spawn()
             .expect("start person-service");
         let p = ServiceProcess {

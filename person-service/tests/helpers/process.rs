@@ -3,7 +3,7 @@
 
 use rpc_core::{Args, CallError, RpcProxy};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 pub struct ServiceProcess {

@@ -309,7 +309,7 @@ async fn a_backlog_of_100000_requests_drains_with_memory_bounded_by_the_prefetch
             assert_eq!(reply.body.as_ref().unwrap(), &record);
             count += 1;
         }
-        if count % 5000 == 0 {
+        if count.is_multiple_of(5000) {
             peak_rss = peak_rss.max(svc.rss_kib());
         }
     }

@@ -15,10 +15,12 @@
 //! * [`args`]: words → `rpc_core::Args`, `SERVICE.METHOD` and context
 //!   data; independent of clap so an interactive shell can reuse it.
 //! * [`call`]: connecting, calling, printing, and exit statuses.
+//! * [`syntax`]: a Python-call-like language for an interactive shell.
 
 pub mod args;
 pub mod call;
 pub mod cli;
+pub mod syntax;
 
 use cli::{Cli, Command};
 

@@ -44,9 +44,8 @@ pub struct Application {
 impl Application {
     /// Checks the settings and opens (and migrates) the database.
     pub async fn build(settings: Settings) -> Result<Self, AppError> {
-        let mut config =
-            Config::new(&settings.amqp_uri).map_err(|e| AppError::Settings(e.to_string()))?;
-        config.max_workers = usize::from(settings.max_workers);
+        // Flags, environment and config file, layered by Settings.
+        let config = settings.rpc_config().map_err(AppError::Settings)?;
         let path = settings.db.clone();
         let store = tokio::task::spawn_blocking(move || Store::open(&path))
             .await

@@ -24,23 +24,13 @@ async fn main() -> ExitCode {
         tracing::info!(file = %file.path().display(), "read the config file");
         file.log_warnings();
     }
-    let config = match settings.rpc_config() {
-        Ok(config) => config,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start");
-            return ExitCode::FAILURE;
-        }
-    };
-    let mut app = match Application::build(settings).await {
+    let app = match Application::build(settings).await {
         Ok(app) => app,
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
             return ExitCode::FAILURE;
         }
     };
-    // The config file's nameko settings (rpc_exchange, HEARTBEAT, …) are
-    // in Settings::rpc_config, which Application::build does not use yet.
-    *app.config_mut() = config;
     match app.run_until_stopped(rpc_core::shutdown::on_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -3,9 +3,12 @@
 //!
 //! One *round* creates a uniquely named person, finds it again with a paged
 //! `list`, updates it, reads it back, deletes it, checks that it is gone,
-//! and checks that an invalid create is refused. Every call is timed, and
-//! every check that fails says why, so a round's report tells an operator
-//! both *whether* the person service works and *how fast*.
+//! and checks that an invalid create is refused. Then it checks that each
+//! of its changes produced its event (`person_created`, `person_updated`,
+//! `person_deleted`, with the record or id as data) carrying the round's
+//! call id. Every call is timed, as is each event's arrival, and every
+//! check that fails says why, so a round's report tells an operator both
+//! *whether* the person service works and *how fast*.
 //!
 //! Two ways to run it:
 //! * **service mode** (default): an rpc-core service whose timer runs a
@@ -15,16 +18,18 @@
 //!   running totals and the last round's report.
 //! * **`--once`**: a single round through a standalone proxy, a summary on
 //!   stdout and an exit status a script or a compose health check can act
-//!   on (see [`once`]).
+//!   on (see [`once`]), with a temporary event subscriber.
 //!
 //! # Modules
 //! * [`cli`]: command line and environment.
 //! * [`scenario`]: one round of checks and its [`Report`](scenario::Report).
+//! * [`events`]: receiving the target's events and matching them to rounds.
 //! * [`service`]: the timer service and its counters.
 //! * [`once`]: the one-shot smoke test, with waiting for a service that is
 //!   still starting.
 
 pub mod cli;
+pub mod events;
 pub mod once;
 pub mod scenario;
 pub mod service;
@@ -46,7 +51,11 @@ pub async fn run(cli: Cli) -> ExitCode {
     };
     match cli.mode() {
         Mode::Once { wait } => {
-            let outcome = once::run_once(config, &cli.target, wait).await;
+            let options = once::OnceOptions {
+                subscriber_prefix: cli.service_name.clone(),
+                event_timeout: Some(events::DEFAULT_TIMEOUT),
+            };
+            let outcome = once::run_once_with(config, &cli.target, wait, &options).await;
             once::print_outcome(&cli.target, &outcome);
             ExitCode::from(once::exit_code(&outcome))
         }
@@ -56,6 +65,7 @@ pub async fn run(cli: Cli) -> ExitCode {
                 target: cli.target.clone(),
                 interval: cli.interval,
                 timeout: cli.timeout,
+                event_timeout: Some(events::DEFAULT_TIMEOUT),
             };
             service::run(settings, config).await
         }

@@ -7,10 +7,18 @@
 //! answered with `UnknownService` means "not started yet", not "broken".
 //! Any other answer, even a remote error, means the service is up.
 //!
+//! Then, unless [`OnceOptions::event_timeout`] is `None`, it starts a
+//! temporary event subscriber ([`TempSubscriber`]: a service of its own
+//! named `{prefix}-once-{random}`, so parallel runs never share its queues,
+//! whose queues auto-delete when it stops or the process dies), waits until
+//! it consumes, runs the round checking the events against the standalone
+//! proxy's call id, and stops the subscriber.
+//!
 //! Exit statuses: [`EXIT_PASSED`], [`EXIT_FAILED`] (a check failed, or the
 //! target never came up), [`EXIT_BROKER`] (the broker cannot be reached).
 
-use crate::scenario::{self, Report};
+use crate::events::{self, TempSubscriber};
+use crate::scenario::{self, EventChecks, Report};
 use rpc_core::{Args, CallError, Config, ConnectError, RetryPolicy, RpcProxy};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -63,24 +71,89 @@ pub fn exit_code(outcome: &Result<Report, OnceError>) -> u8 {
     }
 }
 
+/// What `--once` does besides the calls.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OnceOptions {
+    /// The temporary event subscriber's name starts with this (the
+    /// service mode's `--service-name`).
+    pub subscriber_prefix: String,
+    /// How long after a change's reply its event may take; `None` checks
+    /// no events (for a target that does not dispatch them).
+    pub event_timeout: Option<Duration>,
+}
+
+impl Default for OnceOptions {
+    fn default() -> Self {
+        OnceOptions {
+            subscriber_prefix: "test_service".to_owned(),
+            event_timeout: Some(events::DEFAULT_TIMEOUT),
+        }
+    }
+}
+
+/// [`run_once_with`] with the default options: events checked within
+/// [`events::DEFAULT_TIMEOUT`].
+pub async fn run_once(config: Config, target: &str, wait: Duration) -> Result<Report, OnceError> {
+    run_once_with(config, target, wait, &OnceOptions::default()).await
+}
+
 /// Connects, waits for `target`, and runs one round through a standalone
-/// proxy. The proxy (and its reply queue) is closed before returning.
-pub async fn run_once(
+/// proxy, checking the events through a temporary subscriber. The proxy
+/// (and its reply queue) and the subscriber (and its queues) are gone
+/// before this returns.
+pub async fn run_once_with(
     mut config: Config,
     target: &str,
     wait: Duration,
+    options: &OnceOptions,
 ) -> Result<Report, OnceError> {
     let started = Instant::now();
     let deadline = started + wait.min(Duration::from_secs_f64(crate::cli::MAX_SECONDS));
     // Retries are ours, bounded by the deadline rather than by a count.
     config.connect_retry = RetryPolicy::once();
-    let proxy = connect(config, deadline).await?;
+    let proxy = connect(config.clone(), deadline).await?;
     let outcome = match wait_for_target(&proxy, target, started, deadline).await {
-        Ok(()) => Ok(scenario::run_round(&proxy, target).await),
+        Ok(()) => Ok(round(&proxy, config, target, options).await),
         Err(e) => Err(e),
     };
     proxy.close().await;
     outcome
+}
+
+/// One round, with a subscriber for its events when asked to check them.
+async fn round(proxy: &RpcProxy, config: Config, target: &str, options: &OnceOptions) -> Report {
+    let Some(event_timeout) = options.event_timeout else {
+        return scenario::run_round(proxy, target).await;
+    };
+    // The broker answered just now, so this is quick unless it is unwell.
+    let within = config.rpc_timeout;
+    let subscriber = match TempSubscriber::start(config, target, &options.subscriber_prefix, within)
+        .await
+    {
+        Ok(subscriber) => subscriber,
+        Err(why) => {
+            tracing::warn!(target, error = %why, "cannot check events");
+            return scenario::run_round_with(proxy, target, EventChecks::Unavailable(why)).await;
+        }
+    };
+    tracing::debug!(
+        subscriber = subscriber.name(),
+        "subscribed to the target's events"
+    );
+    // A standalone proxy's calls carry its own call id as their caller's.
+    let round_call_id = proxy.call_id_stack().last().cloned().unwrap_or_default();
+    let report = scenario::run_round_with(
+        proxy,
+        target,
+        EventChecks::On {
+            board: subscriber.board(),
+            round_call_id: &round_call_id,
+            timeout: event_timeout,
+        },
+    )
+    .await;
+    subscriber.stop().await;
+    report
 }
 
 async fn connect(config: Config, deadline: Instant) -> Result<RpcProxy, ConnectError> {
@@ -162,6 +235,9 @@ pub fn print_outcome(target: &str, outcome: &Result<Report, OnceError>) {
                 "round against `{target}` {verdict} ({:.1} ms in calls)",
                 report.total_latency().as_secs_f64() * 1000.0
             );
+            if report.checks.iter().any(|c| c.step.is_event()) {
+                println!("(an event's time is from its change's request to its arrival)");
+            }
         }
         Err(e) => eprintln!("test-service: {e}"),
     }

@@ -9,7 +9,16 @@
 //! A failed check does not end the round: later steps still run when they
 //! can (the person is deleted even when the update was wrong), so one report
 //! shows every symptom and the round leaves nothing behind.
+//!
+//! With [`EventChecks::On`] the round also checks the person service's
+//! events ([`crate::events`]): after its calls it waits, up to a timeout
+//! after each change's reply, for `person_created` carrying the created
+//! record, `person_updated` carrying the record the update returned, and
+//! `person_deleted` carrying `{"id": id}`, and checks that each carries the
+//! round's call id in its call-id stack. How long after its change's
+//! request each event arrived is the event check's latency.
 
+use crate::events::{EventBoard, Kind, Received, Watch};
 use rpc_core::{json, Args, CallError, ContextProxy, RpcProxy, Value};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -103,7 +112,8 @@ impl Person {
     }
 }
 
-/// The checks of a round, in the order they run.
+/// The checks of a round, in the order they run: the calls, then (when
+/// the round checks events) the events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Step {
     /// `create(first_name, last_name, age, member=False)` returns an int id.
@@ -120,11 +130,20 @@ pub enum Step {
     GetDeleted,
     /// `create(..., age=200)` raises `ValidationError` naming `age`.
     CreateInvalid,
+    /// A `person_created` event whose data is the created record.
+    PersonCreated,
+    /// A `person_updated` event whose data is what the update returned.
+    PersonUpdated,
+    /// A `person_deleted` event whose data is `{"id": id}`.
+    PersonDeleted,
+    /// Every event that arrived carries the round's call id in its call-id
+    /// stack (the caller's context travels with RPC-caused events).
+    EventCallIds,
 }
 
 impl Step {
-    /// Every step, in order.
-    pub const ALL: [Step; 7] = [
+    /// The call steps, in order: a round without event checks has these.
+    pub const CALLS: [Step; 7] = [
         Step::Create,
         Step::List,
         Step::Update,
@@ -133,6 +152,43 @@ impl Step {
         Step::GetDeleted,
         Step::CreateInvalid,
     ];
+
+    /// The event steps, in order, after the calls.
+    pub const EVENTS: [Step; 4] = [
+        Step::PersonCreated,
+        Step::PersonUpdated,
+        Step::PersonDeleted,
+        Step::EventCallIds,
+    ];
+
+    /// Every step, in order.
+    pub const ALL: [Step; 11] = [
+        Step::Create,
+        Step::List,
+        Step::Update,
+        Step::Get,
+        Step::Delete,
+        Step::GetDeleted,
+        Step::CreateInvalid,
+        Step::PersonCreated,
+        Step::PersonUpdated,
+        Step::PersonDeleted,
+        Step::EventCallIds,
+    ];
+
+    /// Whether this checks events rather than a call.
+    pub fn is_event(self) -> bool {
+        Self::EVENTS.contains(&self)
+    }
+
+    /// The step checking the event of `kind`.
+    pub fn for_event(kind: Kind) -> Step {
+        match kind {
+            Kind::Created => Step::PersonCreated,
+            Kind::Updated => Step::PersonUpdated,
+            Kind::Deleted => Step::PersonDeleted,
+        }
+    }
 
     /// A short name for logs and summaries.
     pub fn name(self) -> &'static str {
@@ -144,6 +200,10 @@ impl Step {
             Step::Delete => "delete",
             Step::GetDeleted => "get_deleted",
             Step::CreateInvalid => "create_invalid",
+            Step::PersonCreated => "person_created",
+            Step::PersonUpdated => "person_updated",
+            Step::PersonDeleted => "person_deleted",
+            Step::EventCallIds => "event_call_ids",
         }
     }
 }
@@ -173,8 +233,9 @@ pub struct Check {
     pub step: Step,
     /// How it ended.
     pub outcome: Outcome,
-    /// Time from sending the request to having the reply; `None` when the
-    /// check was skipped.
+    /// For a call: time from sending the request to having the reply. For
+    /// an event: time from sending the change's request to the event's
+    /// arrival. `None` when the check was skipped or no event arrived.
     pub latency: Option<Duration>,
 }
 
@@ -195,16 +256,18 @@ impl Check {
 
 impl fmt::Display for Check {
     /// One summary line: `PASS  create            3.1 ms`, with the reason
-    /// after a failure.
+    /// after a failure; an event's delay after its change's request shows
+    /// as `+4.2 ms`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let label = match self.outcome {
             Outcome::Passed => "PASS",
             Outcome::Failed(_) => "FAIL",
             Outcome::Skipped(_) => "SKIP",
         };
+        let sign = if self.step.is_event() { "+" } else { "" };
         let latency = self
             .latency
-            .map_or_else(|| "-".to_owned(), |d| format!("{:.1} ms", millis(d)));
+            .map_or_else(|| "-".to_owned(), |d| format!("{sign}{:.1} ms", millis(d)));
         write!(f, "{label}  {:<15} {latency:>10}", self.step.name())?;
         if let Some(reason) = self.reason() {
             write!(f, "  {reason}")?;
@@ -220,6 +283,9 @@ pub struct Report {
     pub checks: Vec<Check>,
     /// The id the round's person got, when the create worked.
     pub person_id: Option<i64>,
+    /// The call id the round's calls carried as their caller's, when it
+    /// checked events (their call-id stacks must contain it).
+    pub round_call_id: Option<String>,
 }
 
 impl Report {
@@ -238,19 +304,48 @@ impl Report {
         self.checks.iter().find(|c| c.step == step)
     }
 
-    /// Time spent in calls, all steps together.
+    /// Time spent in calls, all call steps together.
     pub fn total_latency(&self) -> Duration {
-        self.checks.iter().filter_map(|c| c.latency).sum()
+        self.calls().filter_map(|c| c.latency).sum()
     }
 
-    /// `create=3.1 list=1.2 …` in milliseconds: one log field for all steps.
+    fn calls(&self) -> impl Iterator<Item = &Check> {
+        self.checks.iter().filter(|c| !c.step.is_event())
+    }
+
+    /// `create=3.1 list=1.2 …` in milliseconds: one log field for all call
+    /// steps.
     pub fn latencies_ms(&self) -> String {
         let parts: Vec<String> = self
-            .checks
-            .iter()
+            .calls()
             .map(|c| match c.latency {
                 Some(d) => format!("{}={:.1}", c.step, millis(d)),
                 None => format!("{}=-", c.step),
+            })
+            .collect();
+        parts.join(" ")
+    }
+
+    /// `person_created=pass+4.2ms person_updated=pass+3.0ms
+    /// person_deleted=fail event_call_ids=pass`: one log field for the
+    /// event checks, each with its event's delay after the change's request
+    /// when one arrived (reasons are in [`failure_summary`](Self::failure_summary)).
+    /// Empty when the round did not check events.
+    pub fn events_summary(&self) -> String {
+        let parts: Vec<String> = self
+            .checks
+            .iter()
+            .filter(|c| c.step.is_event())
+            .map(|c| {
+                let verdict = match c.outcome {
+                    Outcome::Passed => "pass",
+                    Outcome::Failed(_) => "fail",
+                    Outcome::Skipped(_) => "skip",
+                };
+                match c.latency {
+                    Some(d) => format!("{}={verdict}+{:.1}ms", c.step, millis(d)),
+                    None => format!("{}={verdict}", c.step),
+                }
             })
             .collect();
         parts.join(" ")
@@ -274,6 +369,7 @@ impl Report {
             .map(|c| {
                 json!({
                     "step": c.step.name(),
+                    "kind": if c.step.is_event() { "event" } else { "call" },
                     "passed": c.passed(),
                     "reason": c.reason(),
                     "latency_ms": c.latency.map(millis),
@@ -283,18 +379,23 @@ impl Report {
         json!({
             "passed": self.passed(),
             "person_id": self.person_id,
+            "round_call_id": self.round_call_id,
             "checks": checks,
         })
     }
 
     fn record(&mut self, step: Step, latency: Duration, result: Result<(), String>) {
+        self.push(step, Some(latency), result);
+    }
+
+    fn push(&mut self, step: Step, latency: Option<Duration>, result: Result<(), String>) {
         self.checks.push(Check {
             step,
             outcome: match result {
                 Ok(()) => Outcome::Passed,
                 Err(reason) => Outcome::Failed(reason),
             },
-            latency: Some(latency),
+            latency,
         });
     }
 
@@ -311,17 +412,50 @@ fn millis(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// Runs one round against the person service called `target`.
+/// Whether and how a round checks the person service's events.
+#[derive(Clone, Debug)]
+pub enum EventChecks<'a> {
+    /// Calls only: the report has no event steps.
+    Off,
+    /// Events should be checked but cannot be received (the subscriber
+    /// did not start, say): the event steps are skipped with this reason,
+    /// so the round does not pass.
+    Unavailable(String),
+    /// Watch `board` (fed by [`crate::events::subscribe`]'s handlers) for
+    /// the round's events.
+    On {
+        /// Where the subscriber's handlers put events.
+        board: &'a EventBoard,
+        /// The call id the round's calls carry as their caller's: a
+        /// service-mode tick's own call id, or a standalone proxy's.
+        round_call_id: &'a str,
+        /// How long after its change's reply an event may arrive.
+        timeout: Duration,
+    },
+}
+
+/// Runs one round of calls against the person service called `target`,
+/// without event checks.
 ///
 /// Never fails as a whole: everything that goes wrong, including the broker
 /// or the service being unreachable, ends up in the report.
 pub async fn run_round<C: Caller>(caller: &C, target: &str) -> Report {
+    run_round_with(caller, target, EventChecks::Off).await
+}
+
+/// Runs one round against `target`, checking its events as `events` says.
+pub async fn run_round_with<C: Caller>(
+    caller: &C,
+    target: &str,
+    events: EventChecks<'_>,
+) -> Report {
     let tag = uuid::Uuid::new_v4().simple().to_string();
     let tag = &tag[..8];
     let mut round = Round {
         caller,
         target,
         report: Report::default(),
+        changes: Changes::default(),
     };
     let mut expected = Person {
         id: 0,
@@ -330,10 +464,18 @@ pub async fn run_round<C: Caller>(caller: &C, target: &str) -> Report {
         age: 41,
         member: false,
     };
+    // Watching starts before the create: its event may come before its reply.
+    let mut watch = match &events {
+        EventChecks::On { board, .. } => Some(board.watch(&expected.last_name)),
+        _ => None,
+    };
     match round.create(&expected).await {
         Some(id) => {
             expected.id = id;
             round.report.person_id = Some(id);
+            if let Some(watch) = &mut watch {
+                watch.set_id(id);
+            }
             round.list(&expected).await;
             expected.age += 1;
             expected.member = !expected.member;
@@ -355,7 +497,70 @@ pub async fn run_round<C: Caller>(caller: &C, target: &str) -> Report {
         }
     }
     round.create_invalid(tag).await;
+    match (events, watch) {
+        (
+            EventChecks::On {
+                round_call_id,
+                timeout,
+                ..
+            },
+            Some(mut watch),
+        ) => {
+            round.report.round_call_id = Some(round_call_id.to_owned());
+            round.check_events(&mut watch, round_call_id, timeout).await;
+        }
+        (EventChecks::Unavailable(reason), _) => {
+            for step in Step::EVENTS {
+                round.report.skip(step, &reason);
+            }
+        }
+        _ => {}
+    }
     round.report
+}
+
+/// A change the round made, and so an event it expects.
+#[derive(Clone, Debug)]
+struct Change {
+    /// The person changed.
+    id: i64,
+    /// The call that made it, as in "the update's reply".
+    call: &'static str,
+    /// When its request was sent.
+    sent: Instant,
+    /// When its reply came.
+    replied: Instant,
+    /// The event's data.
+    expected: Value,
+}
+
+/// The changes of a round, or why there is none (and so no event).
+#[derive(Debug)]
+struct Changes {
+    created: Result<Change, String>,
+    updated: Result<Change, String>,
+    deleted: Result<Change, String>,
+}
+
+impl Default for Changes {
+    fn default() -> Self {
+        let none = || Err("no person was created".to_owned());
+        Changes {
+            created: none(),
+            updated: none(),
+            deleted: none(),
+        }
+    }
+}
+
+impl Changes {
+    fn get(&self, kind: Kind) -> &Result<Change, String> {
+        match kind {
+            Kind::Created => &self.created,
+            Kind::Updated => &self.updated,
+            Kind::Deleted => &self.deleted,
+        }
+    }
 }
 
 /// The state of a round in progress.
@@ -363,13 +568,116 @@ struct Round<'a, C> {
     caller: &'a C,
     target: &'a str,
     report: Report,
+    changes: Changes,
+}
+
+/// When a call was sent and how long its reply took.
+#[derive(Clone, Copy, Debug)]
+struct Timing {
+    sent: Instant,
+    latency: Duration,
+}
+
+impl Timing {
+    fn replied(self) -> Instant {
+        self.sent + self.latency
+    }
 }
 
 impl<C: Caller> Round<'_, C> {
-    async fn timed(&self, method: &str, args: Args) -> (Result<Value, CallError>, Duration) {
-        let start = Instant::now();
+    async fn timed(&self, method: &str, args: Args) -> (Result<Value, CallError>, Timing) {
+        let sent = Instant::now();
         let result = self.caller.call(self.target, method, args).await;
-        (result, start.elapsed())
+        let latency = sent.elapsed();
+        (result, Timing { sent, latency })
+    }
+
+    fn changed(&mut self, kind: Kind, id: i64, timing: Timing, expected: Value) {
+        let change = Ok(Change {
+            id,
+            call: match kind {
+                Kind::Created => "create",
+                Kind::Updated => "update",
+                Kind::Deleted => "delete",
+            },
+            sent: timing.sent,
+            replied: timing.replied(),
+            expected,
+        });
+        match kind {
+            Kind::Created => self.changes.created = change,
+            Kind::Updated => self.changes.updated = change,
+            Kind::Deleted => self.changes.deleted = change,
+        }
+    }
+
+    /// Waits for each expected event and checks it, then checks the
+    /// call-id stacks of those that came.
+    async fn check_events(&mut self, watch: &mut Watch, round_call_id: &str, timeout: Duration) {
+        let mut arrived: Vec<(Kind, Received)> = Vec::new();
+        for kind in Kind::ALL {
+            let step = Step::for_event(kind);
+            let change = match self.changes.get(kind) {
+                Ok(change) => change.clone(),
+                Err(why) => {
+                    let reason = format!("no event expected: {why}");
+                    self.report.skip(step, &reason);
+                    continue;
+                }
+            };
+            // Far in the future when the sum overflows: wait "forever" was
+            // asked for.
+            let deadline = change
+                .replied
+                .checked_add(timeout)
+                .unwrap_or_else(|| change.replied + Duration::from_secs(365 * 24 * 3600));
+            let Some(event) = watch.wait(kind, deadline).await else {
+                self.report.push(
+                    step,
+                    None,
+                    Err(format!(
+                        "no {kind} event for person {} within {:.1} s of the {}'s reply",
+                        change.id,
+                        timeout.as_secs_f64(),
+                        change.call
+                    )),
+                );
+                continue;
+            };
+            let delay = event.at.saturating_duration_since(change.sent);
+            let verdict = if event.at > deadline {
+                Err(format!(
+                    "{kind} event for person {} arrived {:.1} ms after the {} request, more than {:.1} s after its reply",
+                    change.id,
+                    millis(delay),
+                    change.call,
+                    timeout.as_secs_f64()
+                ))
+            } else {
+                same_event_data(kind, &event.data, &change.expected)
+            };
+            self.report.push(step, Some(delay), verdict);
+            arrived.push((kind, event));
+        }
+        if arrived.is_empty() {
+            self.report
+                .skip(Step::EventCallIds, "no event arrived to check");
+            return;
+        }
+        let lacking: Vec<String> = arrived
+            .iter()
+            .filter(|(_, e)| !e.call_id_stack.iter().any(|id| id == round_call_id))
+            .map(|(kind, e)| format!("{kind} event's call-id stack {:?}", e.call_id_stack))
+            .collect();
+        let verdict = if lacking.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} lacks the round's call id {round_call_id}",
+                lacking.join(" and ")
+            ))
+        };
+        self.report.push(Step::EventCallIds, None, verdict);
     }
 
     async fn create(&mut self, person: &Person) -> Option<i64> {
@@ -378,23 +686,29 @@ impl<C: Caller> Round<'_, C> {
             .arg(person.last_name.as_str())
             .arg(person.age)
             .kwarg("member", person.member);
-        let (result, latency) = self.timed("create", args).await;
+        let (result, timing) = self.timed("create", args).await;
         let id = result
             .map_err(|e| e.to_string())
             .and_then(|v| v.as_i64().ok_or(format!("expected an integer id, got {v}")));
         self.report.record(
             Step::Create,
-            latency,
+            timing.latency,
             id.as_ref().map(|_| ()).map_err(Clone::clone),
         );
-        id.ok()
+        let id = id.ok()?;
+        let created = Person {
+            id,
+            ..person.clone()
+        };
+        self.changed(Kind::Created, id, timing, person_json(&created));
+        Some(id)
     }
 
     async fn list(&mut self, expected: &Person) {
         // The id comes from the peer: no arithmetic that can overflow.
         let after_id = expected.id.saturating_sub(1);
         let args = Args::new().kwarg("after_id", after_id).kwarg("limit", 1);
-        let (result, latency) = self.timed("list", args).await;
+        let (result, Timing { latency, .. }) = self.timed("list", args).await;
         let verdict = result.map_err(|e| e.to_string()).and_then(|v| {
             let people: Vec<Person> = serde_json::from_value(v.clone())
                 .map_err(|e| format!("expected a list of person records, got {v}: {e}"))?;
@@ -417,15 +731,21 @@ impl<C: Caller> Round<'_, C> {
             .arg(expected.id)
             .kwarg("age", expected.age)
             .kwarg("member", expected.member);
-        let (result, latency) = self.timed("update", args).await;
+        let (result, timing) = self.timed("update", args).await;
+        match &result {
+            // Whatever it returned is what its event should carry.
+            Ok(v) => self.changed(Kind::Updated, expected.id, timing, v.clone()),
+            Err(_) => self.changes.updated = Err("the update call failed".to_owned()),
+        }
         let verdict = result
             .map_err(|e| e.to_string())
             .and_then(|v| same_person("update", v, expected));
-        self.report.record(Step::Update, latency, verdict);
+        self.report.record(Step::Update, timing.latency, verdict);
     }
 
     async fn get(&mut self, expected: &Person) {
-        let (result, latency) = self.timed("get", Args::new().arg(expected.id)).await;
+        let (result, Timing { latency, .. }) =
+            self.timed("get", Args::new().arg(expected.id)).await;
         let verdict = result
             .map_err(|e| e.to_string())
             .and_then(|v| same_person("get", v, expected));
@@ -433,7 +753,12 @@ impl<C: Caller> Round<'_, C> {
     }
 
     async fn delete(&mut self, id: i64) {
-        let (result, latency) = self.timed("delete", Args::new().arg(id)).await;
+        let (result, timing) = self.timed("delete", Args::new().arg(id)).await;
+        let latency = timing.latency;
+        match &result {
+            Ok(_) => self.changed(Kind::Deleted, id, timing, json!({ "id": id })),
+            Err(_) => self.changes.deleted = Err("the delete call failed".to_owned()),
+        }
         let verdict = match result {
             Ok(Value::Null) => Ok(()),
             Ok(other) => Err(format!("expected null, got {other}")),
@@ -443,7 +768,7 @@ impl<C: Caller> Round<'_, C> {
     }
 
     async fn get_deleted(&mut self, id: i64) {
-        let (result, latency) = self.timed("get", Args::new().arg(id)).await;
+        let (result, Timing { latency, .. }) = self.timed("get", Args::new().arg(id)).await;
         let verdict = match result {
             Ok(v) => Err(format!(
                 "person {id} still there after delete (got {v}), expected PersonNotFound"
@@ -470,7 +795,7 @@ impl<C: Caller> Round<'_, C> {
             .arg(format!("Invalid-{tag}"))
             .arg(200)
             .kwarg("member", false);
-        let (result, latency) = self.timed("create", args).await;
+        let (result, Timing { latency, .. }) = self.timed("create", args).await;
         let verdict = match result {
             Ok(v) => {
                 // Accepted: remove it again so a broken service does not
@@ -502,6 +827,35 @@ impl<C: Caller> Round<'_, C> {
         };
         self.report.record(Step::CreateInvalid, latency, verdict);
     }
+}
+
+/// A person record as the person service sends it.
+fn person_json(p: &Person) -> Value {
+    json!({
+        "id": p.id,
+        "first_name": p.first_name,
+        "last_name": p.last_name,
+        "age": p.age,
+        "member": p.member,
+    })
+}
+
+/// Checks an event's data: exactly `expected`, with the differing fields
+/// named when both are person records.
+fn same_event_data(kind: Kind, got: &Value, expected: &Value) -> Result<(), String> {
+    if got == expected {
+        return Ok(());
+    }
+    let want = serde_json::from_value::<Person>(expected.clone());
+    let have = serde_json::from_value::<Person>(got.clone());
+    Err(match (have, want) {
+        (Ok(have), Ok(want)) => match have.differences(&want) {
+            Some(d) => format!("{kind} event data differs: {d}"),
+            None => format!("{kind} event data is {got}, expected exactly {expected}"),
+        },
+        (Err(e), Ok(_)) => format!("{kind} event data is {got}, not a person record: {e}"),
+        _ => format!("{kind} event data is {got}, expected {expected}"),
+    })
 }
 
 /// Checks that a reply is the expected person record.
@@ -571,5 +925,61 @@ mod tests {
         assert!(line.starts_with("FAIL  update"), "{line}");
         assert!(line.ends_with("age is 41, expected 42"), "{line}");
         assert_eq!(report.to_json()["checks"][0]["passed"], json!(true));
+    }
+
+    #[test]
+    fn event_checks_are_summarised_apart_from_calls() {
+        let mut report = Report::default();
+        report.record(Step::Create, Duration::from_millis(3), Ok(()));
+        report.push(
+            Step::PersonCreated,
+            Some(Duration::from_micros(4200)),
+            Ok(()),
+        );
+        report.push(
+            Step::PersonDeleted,
+            None,
+            Err("no person_deleted event for person 7 within 5.0 s of the delete's reply".into()),
+        );
+        report.skip(Step::EventCallIds, "no event arrived to check");
+        assert_eq!(report.latencies_ms(), "create=3.0");
+        assert_eq!(report.total_latency(), Duration::from_millis(3));
+        assert_eq!(
+            report.events_summary(),
+            "person_created=pass+4.2ms person_deleted=fail event_call_ids=skip"
+        );
+        assert!(report
+            .failure_summary()
+            .contains("person_deleted: no person_deleted event for person 7"));
+        let line = report.checks[1].to_string();
+        assert!(line.starts_with("PASS  person_created"), "{line}");
+        assert!(line.ends_with("+4.2 ms"), "{line}");
+        assert_eq!(report.to_json()["checks"][1]["kind"], json!("event"));
+        assert_eq!(Report::default().events_summary(), "");
+    }
+
+    #[test]
+    fn event_data_is_compared_exactly() {
+        let want = person_json(&ada());
+        assert_eq!(same_event_data(Kind::Created, &want, &want), Ok(()));
+        let mut older = ada();
+        older.age = 35;
+        let err = same_event_data(Kind::Updated, &person_json(&older), &want).unwrap_err();
+        assert_eq!(
+            err,
+            "person_updated event data differs: age is 35, expected 36"
+        );
+        let mut extra = want.clone();
+        extra["email"] = json!("ada@example.org");
+        let err = same_event_data(Kind::Created, &extra, &want).unwrap_err();
+        assert!(err.contains("expected exactly"), "{err}");
+        let err = same_event_data(Kind::Created, &json!({"id": 7}), &want).unwrap_err();
+        assert!(err.contains("not a person record"), "{err}");
+        let err =
+            same_event_data(Kind::Deleted, &json!({"id": "7"}), &json!({"id": 7})).unwrap_err();
+        assert_eq!(
+            err,
+            r#"person_deleted event data is {"id":"7"}, expected {"id":7}"#
+        );
     }
 }

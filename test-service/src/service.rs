@@ -8,9 +8,34 @@
 //!
 //! The service also answers `stats()`, so `rpc call test_service.stats`
 //! shows the totals and the last report without reading logs.
+//!
+//! # Events
+//! Unless [`Settings::event_timeout`] is `None`, the service also
+//! subscribes to the target's `person_created`, `person_updated` and
+//! `person_deleted` events (handlers `on_person_created`, …, service-pool:
+//! queues `evt-{target}-{event}--{name}.on_{event}`), and each round checks
+//! that every change it made produced its event, carrying the tick's call
+//! id ([`scenario::EventChecks`]). Rounds wait for the subscription to be
+//! consuming before their first change, so the first round's events are not
+//! lost to queues that do not exist yet.
+//!
+//! The queues are *reliable* (durable, kept while the service is down, as
+//! nameko's default): the checker is long-running, and events published
+//! while it restarts or reconnects are delivered afterwards (and ignored:
+//! no round waits for them) rather than lost mid-round. The cost is that a
+//! checker that is retired for good leaves three queues behind that keep
+//! collecting the target's events: delete
+//! `evt-{target}-person_*--{name}.on_person_*` when removing it. Because
+//! service-pool queues are shared by service name, run one instance per
+//! `--service-name`: a second instance under the same name would receive
+//! (and ignore) half of the first one's events, failing its rounds.
 
-use crate::scenario::{self, Report};
-use rpc_core::{json, Config, Context, RpcError, Service, ServiceError, Signature, Timer, Value};
+use crate::events::{self, EventBoard};
+use crate::scenario::{self, EventChecks, Report};
+use rpc_core::{
+    json, Config, Context, EventHandlerOptions, RpcError, Service, ServiceError, ServiceHandle,
+    ServiceStatus, Signature, Timer, Value,
+};
 use std::convert::Infallible;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +54,10 @@ pub struct Settings {
     pub interval: Duration,
     /// Longest a single call may take.
     pub timeout: Duration,
+    /// How long after a change's reply its event may take to arrive;
+    /// `None` neither subscribes to events nor checks them (for a target
+    /// that does not dispatch them).
+    pub event_timeout: Option<Duration>,
 }
 
 /// Running totals, shared by the timer and the `stats()` method.
@@ -126,29 +155,56 @@ impl Stats {
 }
 
 /// The service: a `run_round` timer (eager, so the first round runs at
-/// start rather than one interval later) and a `stats()` method.
+/// start rather than one interval later), a `stats()` method, and the
+/// event handlers; see [`spawn`].
 ///
 /// The interval is clamped to 1 ms ..= one year: [`Timer::every`] panics on
 /// zero and the timer's deadlines overflow on huge ones (the command line
 /// refuses both already).
-pub fn build(settings: &Settings, stats: Arc<Stats>) -> Service {
+fn build(settings: &Settings, stats: Arc<Stats>, subscribed: watch::Receiver<bool>) -> Service {
     let target: Arc<str> = Arc::from(settings.target.as_str());
     let timeout = settings.timeout;
+    let event_timeout = settings.event_timeout;
     let interval = settings.interval.clamp(
         Duration::from_millis(1),
         Duration::from_secs_f64(crate::cli::MAX_SECONDS),
     );
+    let board = EventBoard::new();
+    let round_board = board.clone();
     let round_stats = Arc::clone(&stats);
-    Service::builder(&settings.name)
+    let builder = Service::builder(&settings.name)
         .timer(
             "run_round",
             Timer::every(interval).eager(),
             move |ctx: Context| {
                 let stats = Arc::clone(&round_stats);
                 let target = Arc::clone(&target);
+                let board = round_board.clone();
+                let mut subscribed = subscribed.clone();
                 async move {
                     let caller = ctx.rpc().with_timeout(timeout);
-                    let report = scenario::run_round(&caller, &target).await;
+                    let checks = match event_timeout {
+                        None => EventChecks::Off,
+                        Some(event_timeout) => {
+                            // Immediate after the first round; bounded so a
+                            // round still runs (and logs) without a broker.
+                            let ready =
+                                tokio::time::timeout(timeout, subscribed.wait_for(|ready| *ready))
+                                    .await;
+                            match ready {
+                                Ok(Ok(_)) => EventChecks::On {
+                                    board: &board,
+                                    round_call_id: ctx.call_id(),
+                                    timeout: event_timeout,
+                                },
+                                _ => EventChecks::Unavailable(format!(
+                                    "the event handlers were not consuming within {:.1} s",
+                                    timeout.as_secs_f64()
+                                )),
+                            }
+                        }
+                    };
+                    let report = scenario::run_round_with(&caller, &target, checks).await;
                     let totals = stats.record(&report);
                     log_round(&target, totals, &report);
                     // Failures are in the log line above; an Err here would add
@@ -160,19 +216,51 @@ pub fn build(settings: &Settings, stats: Arc<Stats>) -> Service {
         .method("stats", Signature::new(), move |_ctx: Context, (): ()| {
             let stats = Arc::clone(&stats);
             async move { Ok::<_, RpcError>(stats.to_json()) }
-        })
-        .build()
+        });
+    let builder = match event_timeout {
+        // Reliable (the default): see the module docs.
+        Some(_) => events::subscribe(
+            builder,
+            &settings.target,
+            &board,
+            EventHandlerOptions::service_pool(),
+        ),
+        None => builder,
+    };
+    builder.build()
+}
+
+/// Starts the service on a task of its own. Its rounds wait until it is
+/// consuming (its event queues exist and are bound) before they change
+/// anything.
+pub fn spawn(settings: &Settings, stats: Arc<Stats>, config: Config) -> ServiceHandle {
+    let (subscribed, ready) = watch::channel(false);
+    let handle = build(settings, stats, ready).spawn(config);
+    let mut status = handle.status_receiver();
+    tokio::spawn(async move {
+        // Ends with the service (the status sender is dropped).
+        if status
+            .wait_for(|s| matches!(s, ServiceStatus::Consuming))
+            .await
+            .is_ok()
+        {
+            subscribed.send_replace(true);
+        }
+    });
+    handle
 }
 
 /// The one line a round leaves in the log.
 fn log_round(target: &str, totals: Totals, report: &Report) {
     let latencies = report.latencies_ms();
+    let events = report.events_summary();
     if report.passed() {
         tracing::info!(
             round = totals.rounds,
             target,
             result = "pass",
             latencies_ms = %latencies,
+            events = %events,
             total_passed = totals.passed,
             total_failed = totals.failed,
             "round passed"
@@ -183,6 +271,7 @@ fn log_round(target: &str, totals: Totals, report: &Report) {
             target,
             result = "fail",
             latencies_ms = %latencies,
+            events = %events,
             failures = %report.failure_summary(),
             total_passed = totals.passed,
             total_failed = totals.failed,
@@ -199,10 +288,20 @@ pub async fn run(settings: Settings, config: Config) -> ExitCode {
         interval_s = settings.interval.as_secs_f64(),
         timeout_s = settings.timeout.as_secs_f64(),
         broker = %config.amqp_uri.endpoint(),
+        event_timeout_s = settings.event_timeout.map(|d| d.as_secs_f64()),
         "starting"
     );
-    let service = build(&settings, Stats::new());
-    match service.run(config, rpc_core::shutdown::on_signal()).await {
+    let signal = rpc_core::shutdown::on_signal();
+    let mut handle = spawn(&settings, Stats::new(), config);
+    let stop = tokio::select! {
+        _ = signal.cancelled() => true,
+        // The service ends by itself only when it cannot go on.
+        _ = handle.wait_stopped() => false,
+    };
+    if stop {
+        handle.stop();
+    }
+    match handle.stopped().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e @ ServiceError::Connect(_)) => {
             tracing::error!(error = %e, "cannot run");

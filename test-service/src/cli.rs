@@ -24,6 +24,7 @@ pub const FILE_KEYS: &[&str] = &[
     "INTERVAL",
     "RPC_TIMEOUT",
     "WAIT",
+    "EVENT_TIMEOUT",
 ];
 
 /// Exit status when the command line's config file cannot be used (as
@@ -37,8 +38,8 @@ pub struct Cli {
     /// A nameko config file (YAML, with ${VAR:default} substitution):
     /// AMQP_URI, max_workers, rpc_exchange, parent_calls_tracked, HEARTBEAT,
     /// AMQP_SSL's ca_certs, and this program's TARGET_SERVICE, SERVICE_NAME,
-    /// INTERVAL, RPC_TIMEOUT, WAIT. Flags and environment win over it. A
-    /// file that cannot be used exits with status 2.
+    /// INTERVAL, RPC_TIMEOUT, WAIT, EVENT_TIMEOUT. Flags and environment win
+    /// over it. A file that cannot be used exits with status 2.
     #[arg(long = "config", env = "CONFIG_FILE", value_name = "FILE")]
     pub config_file: Option<PathBuf>,
 
@@ -78,6 +79,12 @@ pub struct Cli {
     /// to come up before giving up.
     #[arg(long, env = "WAIT", default_value = "30", value_parser = seconds)]
     pub wait: Duration,
+
+    /// Seconds each change's event (person_created, person_updated,
+    /// person_deleted) may take after the change's reply; 0 subscribes to
+    /// no events and checks none, for a target that dispatches none.
+    #[arg(long, env = "EVENT_TIMEOUT", default_value = "5", value_parser = seconds)]
+    pub event_timeout: Duration,
 
     /// The `--config` file as loaded: its nameko settings that have no flag
     /// (rpc_exchange, max_workers, …) and its warnings. `None` without one.
@@ -188,7 +195,18 @@ impl Cli {
                 self.wait = d;
             }
         }
+        if from_file("event_timeout") {
+            if let Some(d) = duration("EVENT_TIMEOUT", seconds)? {
+                self.event_timeout = d;
+            }
+        }
         Ok(())
+    }
+
+    /// How long an event may take, or `None` (`--event-timeout 0`) for no
+    /// event checks at all.
+    pub fn event_checks(&self) -> Option<Duration> {
+        Some(self.event_timeout).filter(|d| !d.is_zero())
     }
 
     /// The mode, so callers cannot read `--wait` outside `--once`.
@@ -259,6 +277,18 @@ mod tests {
         assert_eq!(cli.interval, Duration::from_secs(5));
         assert_eq!(cli.timeout, Duration::from_secs(10));
         assert_eq!(cli.mode(), Mode::Service);
+        assert_eq!(cli.event_checks(), Some(crate::events::DEFAULT_TIMEOUT));
+    }
+
+    #[test]
+    fn zero_event_timeout_checks_no_events() {
+        assert_eq!(parse(&["--event-timeout", "0"]).event_checks(), None);
+        assert_eq!(
+            parse(&["--event-timeout", "0.5"]).event_checks(),
+            Some(Duration::from_millis(500))
+        );
+        let cli = load_with_file("EVENT_TIMEOUT: 0\n", &[]).unwrap();
+        assert_eq!(cli.event_checks(), None);
     }
 
     #[test]
@@ -338,6 +368,7 @@ mod tests {
             ("INTERVAL: 0\n", "INTERVAL"),
             ("RPC_TIMEOUT: soon\n", "RPC_TIMEOUT"),
             ("WAIT: [1]\n", "WAIT"),
+            ("EVENT_TIMEOUT: -1\n", "EVENT_TIMEOUT"),
             ("serializer: pickle\n", "serializer"),
         ] {
             match load_with_file(text, &[]) {

@@ -53,7 +53,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Mode::Once { wait } => {
             let options = once::OnceOptions {
                 subscriber_prefix: cli.service_name.clone(),
-                event_timeout: Some(events::DEFAULT_TIMEOUT),
+                event_timeout: cli.event_checks(),
             };
             let outcome = once::run_once_with(config, &cli.target, wait, &options).await;
             once::print_outcome(&cli.target, &outcome);
@@ -65,7 +65,7 @@ pub async fn run(cli: Cli) -> ExitCode {
                 target: cli.target.clone(),
                 interval: cli.interval,
                 timeout: cli.timeout,
-                event_timeout: Some(events::DEFAULT_TIMEOUT),
+                event_timeout: cli.event_checks(),
             };
             service::run(settings, config).await
         }

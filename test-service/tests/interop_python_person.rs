@@ -1,7 +1,8 @@
 //! `test-service --once` against two person services: a Python nameko
 //! 2.14.1 fixture (tests/python/person_fixture.py, run with `nameko run`)
-//! and the Rust person-service, run in this process. A round passes
-//! against both.
+//! and the Rust person-service, run in this process. A round (its calls,
+//! and the events the changes dispatch, carrying the caller's call id)
+//! passes against both.
 //!
 //! A fixture is only worth passing if it behaves like the real thing, so a
 //! third test makes the same calls to both and compares every answer.
@@ -103,6 +104,7 @@ fn assert_round_passed(target: &str, (code, stdout, stderr): &(Option<i32>, Stri
         Some(0),
         "test-service --once against {target}:\nstdout:\n{stdout}\nstderr:\n{stderr}"
     );
+    // Every call, and the event each change dispatches, was checked.
     for step in [
         "create",
         "list",
@@ -111,13 +113,24 @@ fn assert_round_passed(target: &str, (code, stdout, stderr): &(Option<i32>, Stri
         "delete",
         "get_deleted",
         "create_invalid",
+        "person_created",
+        "person_updated",
+        "person_deleted",
+        "event_call_ids",
     ] {
         assert!(
             stdout.contains(&format!("PASS  {step} ")),
             "{step}: {stdout}"
         );
     }
-    assert!(stdout.contains("passed: 7/7 checks"), "{stdout}");
+    assert!(
+        !stdout.contains("FAIL  ") && !stdout.contains("SKIP  "),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("round against `{target}` passed: ")),
+        "{stdout}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,12 +11,16 @@ person-service/src/rpc.rs and domain.rs:
   delete(id) -> None
 
 PersonNotFound(id) and ValidationError(field, message). Ids count up from
-1 and are never reused. The name comes from PERSON_SERVICE_NAME.
+1 and are never reused. Each change dispatches its event from this service
+(exchange `{name}.events`), from inside the worker so the caller's call-id
+stack travels with it: person_created and person_updated with the record,
+person_deleted with {"id": id}. The name comes from PERSON_SERVICE_NAME.
 """
 import itertools
 import os
 import unicodedata
 
+from nameko.events import EventDispatcher
 from nameko.rpc import rpc
 
 from person_service.exceptions import PersonNotFound, ValidationError
@@ -72,6 +76,8 @@ def optional(field, value, kind):
 class PersonFixture:
     name = os.environ["PERSON_SERVICE_NAME"]
 
+    dispatch = EventDispatcher()
+
     # Class attributes: one store for every worker of the process.
     people = {}
     ids = itertools.count(1)
@@ -96,6 +102,7 @@ class PersonFixture:
         }
         id = next(self.ids)
         self.people[id] = dict(id=id, **person)
+        self.dispatch("person_created", dict(self.people[id]))
         return id
 
     @rpc
@@ -131,9 +138,11 @@ class PersonFixture:
         # The changes are checked before the id is looked up.
         person = self.find(id)
         person.update(changes)
+        self.dispatch("person_updated", dict(person))
         return dict(person)
 
     @rpc
     def delete(self, id):
         self.find(of_type("id", id, int))
         del self.people[id]
+        self.dispatch("person_deleted", {"id": id})

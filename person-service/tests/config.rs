@@ -185,7 +185,9 @@ fn the_environment_wins_over_the_file() {
     let uri = test_support::require_broker();
     let dir = tempfile::tempdir().unwrap();
     let name = unique_name("person-cfg");
-    let _cleanup = Cleanup::new().service(&name);
+    let _cleanup = Cleanup::new()
+        .service(&name)
+        .exchange(&format!("{name}.events"));
     let path = write_config(
         dir.path(),
         &format!(
@@ -210,7 +212,9 @@ fn a_flag_wins_over_the_environment() {
     let uri = test_support::require_broker();
     let dir = tempfile::tempdir().unwrap();
     let name = unique_name("person-cfg");
-    let _cleanup = Cleanup::new().service(&name);
+    let _cleanup = Cleanup::new()
+        .service(&name)
+        .exchange(&format!("{name}.events"));
     let dead = format!("amqp://guest:guest@127.0.0.1:{}/", dead_port());
     let path = write_config(dir.path(), &format!("AMQP_URI: {dead}\nLOG_FORMAT: json\n"));
     let mut running = Running::start(
@@ -314,7 +318,10 @@ async fn the_files_rpc_exchange_is_used() {
     let dir = tempfile::tempdir().unwrap();
     let name = unique_name("person-cfg");
     let exchange = unique_name("rpc-x");
-    let _cleanup = Cleanup::new().service(&name).exchange(&exchange);
+    let _cleanup = Cleanup::new()
+        .service(&name)
+        .exchange(&exchange)
+        .exchange(&format!("{name}.events"));
     let path = write_config(
         dir.path(),
         &format!(

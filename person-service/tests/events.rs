@@ -133,7 +133,9 @@ async fn events_committed_while_nothing_publishes_go_out_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("person.db");
     let name = unique_name("person");
-    let _cleanup = Cleanup::new().service(&name);
+    let _cleanup = Cleanup::new()
+        .service(&name)
+        .exchange(&format!("{name}.events"));
     // Commit two changes with their events and no relay running (as if the
     // process had died right after the commit).
     {

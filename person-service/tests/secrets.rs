@@ -16,14 +16,20 @@ fn bin() -> Command {
 fn help_hides_the_uri_from_the_environment() {
     let out = bin()
         .arg("--help")
-        .env("AMQP_URI", format!("amqp://app:{SECRET}@broker.internal:5672/%2f"))
+        .env(
+            "AMQP_URI",
+            format!("amqp://app:{SECRET}@broker.internal:5672/%2f"),
+        )
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     assert!(text.contains("--amqp-uri"), "{text}");
     assert!(!text.contains(SECRET), "{text}");
-    assert!(!text.contains("guest:guest"), "the default's password is not printed either: {text}");
+    assert!(
+        !text.contains("guest:guest"),
+        "the default's password is not printed either: {text}"
+    );
 }
 
 /// Runs person-service until `until` appears in its output (or 20 s), then
@@ -31,7 +37,11 @@ fn help_hides_the_uri_from_the_environment() {
 fn run_until(uri: &str, until: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let mut child = bin()
-        .args(["--service-name", &test_support::unique_name("person-secret"), "--db"])
+        .args([
+            "--service-name",
+            &test_support::unique_name("person-secret"),
+            "--db",
+        ])
         .arg(dir.path().join("p.db"))
         .env("AMQP_URI", uri)
         .env("RUST_LOG", "debug")
@@ -56,7 +66,10 @@ fn run_until(uri: &str, until: &str) -> String {
             text.push_str(&String::from_utf8_lossy(&chunk));
         }
     }
-    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
     let _ = child.wait();
     let mut err = String::new();
     if let Some(mut e) = child.stderr.take() {
@@ -65,7 +78,10 @@ fn run_until(uri: &str, until: &str) -> String {
     while let Ok(chunk) = rx.recv_timeout(Duration::from_millis(200)) {
         text.push_str(&String::from_utf8_lossy(&chunk));
     }
-    assert!(text.contains(until), "never printed {until:?}:\n{text}\n{err}");
+    assert!(
+        text.contains(until),
+        "never printed {until:?}:\n{text}\n{err}"
+    );
     text + &err
 }
 
@@ -74,8 +90,14 @@ fn an_unreachable_broker_is_named_without_the_password() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     drop(listener);
-    let out = run_until(&format!("amqp://app:{SECRET}@127.0.0.1:{port}/%2f"), "retrying");
-    assert!(out.contains(&format!("127.0.0.1:{port}")), "names host and port:\n{out}");
+    let out = run_until(
+        &format!("amqp://app:{SECRET}@127.0.0.1:{port}/%2f"),
+        "retrying",
+    );
+    assert!(
+        out.contains(&format!("127.0.0.1:{port}")),
+        "names host and port:\n{out}"
+    );
     assert!(!out.contains(SECRET), "{out}");
 }
 
@@ -84,6 +106,9 @@ fn refused_credentials_are_reported_without_the_password() {
     let uri = test_support::require_broker();
     let hostport = uri.split_once('@').map_or("127.0.0.1:5672/%2f", |(_, h)| h);
     let out = run_until(&format!("amqp://guest:{SECRET}@{hostport}"), "retrying");
-    assert!(out.contains("ACCESS_REFUSED") || out.to_lowercase().contains("auth"), "says why:\n{out}");
+    assert!(
+        out.contains("ACCESS_REFUSED") || out.to_lowercase().contains("auth"),
+        "says why:\n{out}"
+    );
     assert!(!out.contains(SECRET), "{out}");
 }

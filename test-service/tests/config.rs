@@ -164,13 +164,22 @@ async fn service_mode_takes_its_settings_from_the_file() {
     let dir = tempfile_dir();
     let name = unique_name("tester-cfg");
     let exchange = unique_name("rpc-x");
-    let _cleanup = Cleanup::new().service(&name).exchange(&exchange);
+    let target = unique_name("absent");
+    // Service mode subscribes to the target's events: its durable queues
+    // and the target's exchange go too.
+    let mut cleanup = Cleanup::new()
+        .service(&name)
+        .exchange(&exchange)
+        .exchange(&format!("{target}.events"));
+    for event in ["person_created", "person_updated", "person_deleted"] {
+        cleanup.add_queue(&format!("evt-{target}-{event}--{name}.on_{event}"));
+    }
+    let _cleanup = cleanup;
     let path = write_config(
         &dir,
         &format!(
             "AMQP_URI: {uri}\nrpc_exchange: {exchange}\nmax_workers: 2\n\
-             SERVICE_NAME: {name}\nTARGET_SERVICE: {}\nINTERVAL: 30\nRPC_TIMEOUT: 3\n",
-            unique_name("absent")
+             SERVICE_NAME: {name}\nTARGET_SERVICE: {target}\nINTERVAL: 30\nRPC_TIMEOUT: 3\n"
         ),
     );
     let mut child = Command::new(env!("CARGO_BIN_EXE_test-service"))

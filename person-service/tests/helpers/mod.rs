@@ -34,7 +34,10 @@ pub async fn spawn_app() -> TestApp {
     let addr = running.http_addr().expect("tests run the HTTP face");
     TestApp {
         http: http::Http::new(addr),
-        cleanup: Cleanup::new().service(&name),
+        // The outbox relay declares {name}.events for the events it sends.
+        cleanup: Cleanup::new()
+            .service(&name)
+            .exchange(&format!("{name}.events")),
         name,
         proxy,
         db,

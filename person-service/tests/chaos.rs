@@ -192,6 +192,7 @@ async fn everything_recovers_from_a_broker_restart() {
         .unwrap();
     let stopped_in = t_stop.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let t_start = Instant::now();
     tokio::task::spawn_blocking(|| {
         rabbitmqctl(&["start_app"]);
         rabbitmqctl(&["await_startup"]);
@@ -199,6 +200,7 @@ async fn everything_recovers_from_a_broker_restart() {
     .await
     .unwrap();
     let back = Instant::now();
+    let started_in = back - t_start;
 
     wait_for(
         "a call succeeding after the restart",
@@ -246,10 +248,11 @@ async fn everything_recovers_from_a_broker_restart() {
         .count();
     let sent = t.answered + t.failed_clear.len();
     println!(
-        "RELIABILITY scenario=broker-restart sent={sent} answered={} failed_clear={} lost={lost} duplicated={duplicated} broker_stop_s={:.1} outage_s=2 recovery_ms={} test_service_rounds_passed_before={passed_before} after={}",
+        "RELIABILITY scenario=broker-restart sent={sent} answered={} failed_clear={} lost={lost} duplicated={duplicated} broker_stop_s={:.1} outage_s=2 broker_start_s={:.1} recovery_ms={} test_service_rounds_passed_before={passed_before} after={}",
         t.answered,
         t.failed_clear.len(),
         stopped_in.as_secs_f64(),
+        started_in.as_secs_f64(),
         recovery.as_millis(),
         passed_rounds(&checker_log) - passed_before,
     );

@@ -3,7 +3,11 @@
 
 use crate::args::{self, ArgsError};
 use crate::cli::{CallCommand, ConnectionOptions};
-use rpc_core::{Args, CallError, Config, ConnectError, RemoteError, RetryPolicy, RpcProxy, Value};
+use crate::settings;
+use rpc_core::config_file::ConfigFileError;
+use rpc_core::{
+    Args, CallError, Config, ConnectError, RemoteError, RpcProxy, Value,
+};
 use std::collections::BTreeMap;
 use std::io::Write;
 
@@ -13,7 +17,8 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_REMOTE: u8 = 1;
 /// No result: unknown service, timeout, broker unreachable.
 pub const EXIT_FAILURE: u8 = 2;
-/// The command line is wrong (sysexits' EX_USAGE).
+/// The command line (or its `--config` file) is wrong
+/// (sysexits' EX_USAGE).
 pub const EXIT_USAGE: u8 = 64;
 /// Interrupted by SIGINT or SIGTERM (128 + SIGINT, as shells report it).
 pub const EXIT_INTERRUPTED: u8 = 130;
@@ -31,6 +36,10 @@ pub enum CliError {
     /// The call was sent but did not return a result.
     #[error(transparent)]
     Call(#[from] CallError),
+    /// The `--config` file cannot be used (the message names the file and
+    /// the key, never the password).
+    #[error(transparent)]
+    ConfigFile(#[from] ConfigFileError),
     /// A signal arrived while waiting.
     #[error("interrupted")]
     Interrupted,
@@ -40,7 +49,7 @@ impl CliError {
     /// The process exit status for this error.
     pub fn exit_code(&self) -> u8 {
         match self {
-            CliError::Usage(_) => EXIT_USAGE,
+            CliError::Usage(_) | CliError::ConfigFile(_) => EXIT_USAGE,
             CliError::Call(CallError::Remote(_)) => EXIT_REMOTE,
             CliError::Connect(_) | CliError::Call(_) => EXIT_FAILURE,
             CliError::Interrupted => EXIT_INTERRUPTED,
@@ -106,22 +115,12 @@ impl Prepared {
     }
 }
 
-/// The proxy settings: one connection attempt, since a person at a
-/// terminal wants "cannot connect" now rather than after a backoff.
-pub fn config(options: &ConnectionOptions) -> Result<Config, ConnectError> {
-    let mut config = Config::new(&options.amqp_uri)?;
-    config.rpc_exchange = options.rpc_exchange.clone();
-    config.rpc_timeout = options.timeout;
-    config.connect_retry = RetryPolicy::once();
-    Ok(config)
-}
-
 /// Connects a proxy that sends `context` with every call.
 pub async fn connect(
-    options: &ConnectionOptions,
+    config: &Config,
     context: BTreeMap<String, Value>,
 ) -> Result<RpcProxy, CliError> {
-    let proxy = RpcProxy::connect(config(options)?).await?;
+    let proxy = RpcProxy::connect(config.clone()).await?;
     Ok(proxy.with_context_data(context))
 }
 
@@ -139,25 +138,38 @@ pub fn render(value: &Value, compact: bool) -> String {
 /// Runs `rpc call` and returns the exit status; the result goes to stdout,
 /// errors to stderr.
 pub async fn run_call(options: &ConnectionOptions, cmd: &CallCommand, compact: bool) -> u8 {
-    let broker = config(options).ok().map(|c| c.amqp_uri.endpoint());
-    match call_once(options, cmd).await {
+    // A malformed call is reported before the settings are even read, so a
+    // typo never costs a connection (or a config file error).
+    let result = match Prepared::from_command(options, cmd) {
+        Err(e) => Err((CliError::from(e), None)),
+        Ok(prepared) => match settings::resolve(options) {
+            Err(e) => Err((e, None)),
+            Ok(config) => call_once(&config, prepared)
+                .await
+                .map_err(|e| (e, Some(config))),
+        },
+    };
+    match result {
         Ok(value) => {
             let mut out = std::io::stdout().lock();
             // A closed pipe (`rpc call … | head -1`) is not an error.
             let _ = writeln!(out, "{}", render(&value, compact));
             EXIT_OK
         }
-        Err(e) => {
+        Err((e, config)) => {
             tracing::debug!(error = ?e, "call failed");
-            eprintln!("{}", e.describe(&options.rpc_exchange, broker.as_deref()));
+            let exchange = config
+                .as_ref()
+                .map_or("nameko-rpc", |c| c.rpc_exchange.as_str());
+            let broker = config.as_ref().map(|c| c.amqp_uri.endpoint());
+            eprintln!("{}", e.describe(exchange, broker.as_deref()));
             e.exit_code()
         }
     }
 }
 
-async fn call_once(options: &ConnectionOptions, cmd: &CallCommand) -> Result<Value, CliError> {
-    let prepared = Prepared::from_command(options, cmd)?;
-    let proxy = connect(options, prepared.context).await?;
+async fn call_once(config: &Config, prepared: Prepared) -> Result<Value, CliError> {
+    let proxy = connect(config, prepared.context).await?;
     let result = tokio::select! {
         r = proxy.call(&prepared.service, &prepared.method, prepared.args) => r.map_err(CliError::from),
         _ = rpc_core::shutdown::signal() => Err(CliError::Interrupted),

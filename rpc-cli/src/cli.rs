@@ -4,9 +4,11 @@
 //! Connection and output options are global, so they can be given before or
 //! after the subcommand, and a future `shell` subcommand gets them for free.
 //! The broker URI is kept as text until clap is done: clap quotes rejected
-//! values in its errors, and this one carries a password.
+//! values in its errors, and this one carries a password. Settings a
+//! `--config` file may give have no clap default (see [`crate::settings`]).
 
 use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
 use std::time::Duration;
 
 const TOP_EXAMPLES: &str = "\
@@ -15,8 +17,11 @@ Examples:
   rpc call person.create Ada Lovelace 36 member=true
   rpc call greeting_service.hello name=Matt         # a Python nameko service
   rpc --context user_id=7 --context language=en call person.list limit=10
+  rpc --config config/person-service.yaml call person.get 42
 
-Run `rpc call --help` for how arguments are read.";
+Settings are taken from a flag, else its environment variable, else the
+nameko YAML file given with --config (AMQP_URI, rpc_exchange), else the
+default. Run `rpc call --help` for how arguments are read.";
 
 const CALL_EXAMPLES: &str = "\
 How arguments are read:
@@ -38,7 +43,7 @@ Examples:
 
 Exit status: 0 success, 1 the method raised (the remote error is printed
 on stderr), 2 no result (unknown service, timeout, broker unreachable),
-64 the command line is wrong.";
+64 the command line or the --config file is wrong, 130 interrupted.";
 
 /// Calls methods of nameko-compatible services (Python or Rust) over
 /// RabbitMQ and prints the results as JSON.
@@ -61,30 +66,27 @@ pub struct Cli {
 /// How to reach the services.
 #[derive(Clone, Debug, Args)]
 pub struct ConnectionOptions {
-    /// Broker to connect to. Defaults to the local RabbitMQ (localhost:5672,
-    /// vhost "/") as user guest.
-    #[arg(
-        long,
-        global = true,
-        env = "AMQP_URI",
-        default_value = rpc_core::config::DEFAULT_AMQP_URI,
-        hide_default_value = true,
-        hide_env_values = true
-    )]
-    pub amqp_uri: String,
+    /// Broker to connect to. Default: the --config file's AMQP_URI, else the
+    /// local RabbitMQ (localhost:5672, vhost "/") as user guest.
+    // No clap default: the config file sits between the environment and the
+    // default, so the default is applied in `settings`.
+    #[arg(long, global = true, env = "AMQP_URI", hide_env_values = true)]
+    pub amqp_uri: Option<String>,
 
     /// Seconds to wait for a reply; fractions allowed.
     #[arg(long, global = true, env = "RPC_TIMEOUT", default_value = "30", value_parser = positive_seconds)]
     pub timeout: Duration,
 
-    /// The RPC exchange; must match the services' `rpc_exchange`.
-    #[arg(
-        long,
-        global = true,
-        env = "RPC_EXCHANGE",
-        default_value = "nameko-rpc"
-    )]
-    pub rpc_exchange: String,
+    /// The RPC exchange; must match the services' `rpc_exchange`. Default:
+    /// the --config file's rpc_exchange, else nameko-rpc.
+    #[arg(long, global = true, env = "RPC_EXCHANGE")]
+    pub rpc_exchange: Option<String>,
+
+    /// A nameko YAML config file (as given to `nameko run --config`) to take
+    /// AMQP_URI and rpc_exchange from, when no flag or environment variable
+    /// sets them. ${VAR} references are substituted as nameko does.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 
     /// Context data sent with every call as the `nameko.KEY` header (e.g.
     /// user_id, language). VALUE is read as arguments are. Repeatable.
@@ -184,7 +186,7 @@ mod tests {
         assert_eq!(c.target, "person.create");
         assert_eq!(c.words, ["Ada", "-3", "member=true"]);
         assert_eq!(cli.connection.timeout, Duration::from_secs(30));
-        assert_eq!(cli.connection.rpc_exchange, "nameko-rpc");
+        assert_eq!(cli.connection.config, None);
         assert!(!cli.output.compact);
     }
 

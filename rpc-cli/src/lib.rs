@@ -15,11 +15,14 @@
 //! * [`args`]: words → `rpc_core::Args`, `SERVICE.METHOD` and context
 //!   data; independent of clap so an interactive shell can reuse it.
 //! * [`call`]: connecting, calling, printing, and exit statuses.
+//! * [`settings`]: connection settings from flags, the environment and a
+//!   nameko YAML `--config` file.
 //! * [`syntax`]: a Python-call-like language for an interactive shell.
 
 pub mod args;
 pub mod call;
 pub mod cli;
+pub mod settings;
 pub mod syntax;
 
 use cli::{Cli, Command};

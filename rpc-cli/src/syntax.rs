@@ -450,12 +450,12 @@ impl<'a> Parser<'a> {
                     })?;
                     out.push(c);
                 }
-                other => return Err(self.error(
-                    escape_at,
-                    format!(
+                other => {
+                    let message = format!(
                         "unknown escape `\\{other}` (write `\\\\` for a backslash, or use r'...')"
-                    ),
-                )),
+                    );
+                    return Err(self.error(escape_at, message));
+                }
             }
         }
         Err(unterminated())

@@ -6,7 +6,7 @@ use crate::cli::{CallCommand, ConnectionOptions};
 use crate::settings;
 use rpc_core::config_file::ConfigFileError;
 use rpc_core::{
-    Args, CallError, Config, ConnectError, RemoteError, RpcProxy, Value,
+    Args, CallError, Config, ConnectError, DispatchError, RemoteError, RpcProxy, Value,
 };
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -17,7 +17,7 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_REMOTE: u8 = 1;
 /// No result: unknown service, timeout, broker unreachable.
 pub const EXIT_FAILURE: u8 = 2;
-/// The command line (or its `--config` file) is wrong
+/// The command line (or its `--config` file, or a shell line) is wrong
 /// (sysexits' EX_USAGE).
 pub const EXIT_USAGE: u8 = 64;
 /// Interrupted by SIGINT or SIGTERM (128 + SIGINT, as shells report it).
@@ -40,6 +40,9 @@ pub enum CliError {
     /// the key, never the password).
     #[error(transparent)]
     ConfigFile(#[from] ConfigFileError),
+    /// An event was not published.
+    #[error(transparent)]
+    Dispatch(#[from] DispatchError),
     /// A signal arrived while waiting.
     #[error("interrupted")]
     Interrupted,
@@ -51,7 +54,7 @@ impl CliError {
         match self {
             CliError::Usage(_) | CliError::ConfigFile(_) => EXIT_USAGE,
             CliError::Call(CallError::Remote(_)) => EXIT_REMOTE,
-            CliError::Connect(_) | CliError::Call(_) => EXIT_FAILURE,
+            CliError::Connect(_) | CliError::Call(_) | CliError::Dispatch(_) => EXIT_FAILURE,
             CliError::Interrupted => EXIT_INTERRUPTED,
         }
     }

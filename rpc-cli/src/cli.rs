@@ -2,10 +2,10 @@
 //! subcommands.
 //!
 //! Connection and output options are global, so they can be given before or
-//! after the subcommand, and a future `shell` subcommand gets them for free.
-//! The broker URI is kept as text until clap is done: clap quotes rejected
-//! values in its errors, and this one carries a password. Settings a
-//! `--config` file may give have no clap default (see [`crate::settings`]).
+//! after the subcommand, and `call` and `shell` share them. The broker URI
+//! is kept as text until clap is done: clap quotes rejected values in its
+//! errors, and this one carries a password. Settings a `--config` file may
+//! give have no clap default (see [`crate::settings`]).
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -18,10 +18,12 @@ Examples:
   rpc call greeting_service.hello name=Matt         # a Python nameko service
   rpc --context user_id=7 --context language=en call person.list limit=10
   rpc --config config/person-service.yaml call person.get 42
+  rpc shell                                         # interactive, like nameko shell
+  echo 'person.get(42)' | rpc shell --compact       # the same lines from a script
 
 Settings are taken from a flag, else its environment variable, else the
 nameko YAML file given with --config (AMQP_URI, rpc_exchange), else the
-default. Run `rpc call --help` for how arguments are read.";
+default. Run `rpc call --help` or `rpc shell --help` for more.";
 
 const CALL_EXAMPLES: &str = "\
 How arguments are read:
@@ -44,6 +46,40 @@ Examples:
 Exit status: 0 success, 1 the method raised (the remote error is printed
 on stderr), 2 no result (unknown service, timeout, broker unreachable),
 64 the command line or the --config file is wrong, 130 interrupted.";
+
+const SHELL_HELP: &str = "\
+At a terminal, `rpc shell` reads lines with editing and history (kept in
+~/.rpc_history unless --history or --no-history says otherwise). Type
+`help` inside for the whole syntax. Calls are written as in nameko shell:
+
+  >>> person.create(\"Ada\", \"Lovelace\", 36, member=True)
+  >>> person.get(1)
+  >>> n.rpc.person.list(limit=10)                      # nameko's spelling
+  >>> n.rpc[\"person-v2\"].get(1)
+  >>> dispatch(\"person\", \"person_created\", {\"id\": 1})
+  >>> n.dispatch_event(\"person\", \"person_created\", {\"id\": 1})
+  >>> context user_id=u1 language=en                  # sent with every call
+  >>> timeout 5                                        # seconds per call
+  >>> async person.get(1)                              # then: wait
+  >>> exit                                             # or quit, or Ctrl-D
+
+Values are JSON plus Python's True/False/None, 'single-quoted' strings and
+tuples. A statement may span lines while a bracket is open.
+
+With stdin not a terminal, each line is run in turn: every call's result is
+printed on stdout as one JSON document (indented, or one line each with
+--compact), errors go to stderr prefixed with their line number, and
+nothing else is written to stdout.
+
+  rpc shell --compact < calls.txt | jq .
+  printf 'context user_id=7\\nperson.get(1)\\n' | rpc shell
+
+Exit status: at a terminal, 0 (2 if the broker cannot be reached at start).
+With piped input: 0 when every line succeeded; otherwise the status of the
+first line that failed: 1 a method raised, 2 no result (unknown service,
+timeout, broker unreachable, event not accepted), 64 a line (or the command
+line, or the --config file) is wrong; 130 interrupted by SIGINT or SIGTERM.
+The remaining lines still run unless --stop-on-error is given.";
 
 /// Calls methods of nameko-compatible services (Python or Rust) over
 /// RabbitMQ and prints the results as JSON.
@@ -104,14 +140,38 @@ pub struct OutputOptions {
     pub compact: bool,
 }
 
-/// The subcommands. Each is a variant so that more (such as an interactive
-/// `shell` reusing one connection and the same argument rules) can be
-/// added without changing the others.
+/// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Call SERVICE.METHOD once and print its result as JSON.
     #[command(after_help = CALL_EXAMPLES)]
     Call(CallCommand),
+    /// An interactive shell in the spirit of `nameko shell`; also runs
+    /// piped scripts of calls.
+    #[command(after_help = SHELL_HELP)]
+    Shell(ShellCommand),
+}
+
+/// `rpc shell`.
+#[derive(Clone, Debug, Args)]
+pub struct ShellCommand {
+    /// History file, used at a terminal only. Default: ~/.rpc_history.
+    #[arg(long, value_name = "FILE")]
+    pub history: Option<PathBuf>,
+
+    /// Keep no history file.
+    #[arg(long, conflicts_with = "history")]
+    pub no_history: bool,
+
+    /// With piped input, stop at the first line that fails instead of
+    /// running the rest.
+    #[arg(long)]
+    pub stop_on_error: bool,
+
+    /// Context data to start with, in addition to any given before `shell`;
+    /// change it inside with `context KEY=VALUE`. Repeatable.
+    #[arg(long = "context", value_name = "KEY=VALUE")]
+    pub context: Vec<String>,
 }
 
 /// `rpc call`.
@@ -171,6 +231,7 @@ mod tests {
     fn call(cli: &Cli) -> &CallCommand {
         match &cli.command {
             Command::Call(c) => c,
+            other => panic!("not a call: {other:?}"),
         }
     }
 
@@ -229,6 +290,37 @@ mod tests {
     }
 
     #[test]
+    fn shell_options() {
+        let cli = parse(&[
+            "--config",
+            "nameko.yaml",
+            "shell",
+            "--compact",
+            "--history",
+            "/tmp/h",
+            "--context",
+            "user_id=7",
+            "--stop-on-error",
+        ])
+        .unwrap();
+        let Command::Shell(shell) = &cli.command else {
+            panic!("not a shell: {cli:?}");
+        };
+        assert_eq!(
+            shell.history.as_deref(),
+            Some(std::path::Path::new("/tmp/h"))
+        );
+        assert_eq!(shell.context, ["user_id=7"]);
+        assert!(shell.stop_on_error && !shell.no_history && cli.output.compact);
+        assert_eq!(
+            cli.connection.config.as_deref(),
+            Some(std::path::Path::new("nameko.yaml"))
+        );
+        assert!(parse(&["shell", "--history", "h", "--no-history"]).is_err());
+        assert!(parse(&["shell", "person.get(1)"]).is_err());
+    }
+
+    #[test]
     fn help_shows_examples_but_never_the_password() {
         let top = Cli::command().render_long_help().to_string();
         assert!(top.contains("rpc call person.get 42"), "{top}");
@@ -242,5 +334,17 @@ mod tests {
         assert!(call_help.contains("greeting_service.hello"), "{call_help}");
         assert!(call_help.contains("--context"), "{call_help}");
         assert!(!call_help.contains("guest:guest"), "{call_help}");
+        let shell_help = cmd
+            .find_subcommand_mut("shell")
+            .map(|c| c.render_long_help().to_string())
+            .unwrap_or_default();
+        assert!(
+            shell_help.contains("n.rpc.person.list(limit=10)"),
+            "{shell_help}"
+        );
+        assert!(shell_help.contains("--history"), "{shell_help}");
+        assert!(shell_help.contains("--config"), "{shell_help}");
+        assert!(!shell_help.contains("guest:guest"), "{shell_help}");
+        assert!(top.contains("rpc shell"), "{top}");
     }
 }

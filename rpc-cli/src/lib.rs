@@ -8,6 +8,11 @@
 //! {
 //!   "id": 17,
 //!   ...
+//! $ rpc shell
+//! >>> person.get(17)
+//! {
+//!   "id": 17,
+//!   ...
 //! ```
 //!
 //! # Modules
@@ -17,12 +22,14 @@
 //! * [`call`]: connecting, calling, printing, and exit statuses.
 //! * [`settings`]: connection settings from flags, the environment and a
 //!   nameko YAML `--config` file.
-//! * [`syntax`]: a Python-call-like language for an interactive shell.
+//! * [`syntax`]: the shell's Python-call-like language.
+//! * [`shell`]: `rpc shell`, interactive or reading a script.
 
 pub mod args;
 pub mod call;
 pub mod cli;
 pub mod settings;
+pub mod shell;
 pub mod syntax;
 
 use cli::{Cli, Command};
@@ -31,5 +38,6 @@ use cli::{Cli, Command};
 pub async fn run(cli: Cli) -> u8 {
     match &cli.command {
         Command::Call(cmd) => call::run_call(&cli.connection, cmd, cli.output.compact).await,
+        Command::Shell(cmd) => shell::run_shell(&cli.connection, cmd, cli.output.compact).await,
     }
 }

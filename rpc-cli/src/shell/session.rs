@@ -8,7 +8,7 @@
 //! * a call's result: stdout, as JSON (indented, or one line with
 //!   `--compact`);
 //! * errors: stderr; in a script prefixed with the line number;
-//! * everything else (help, `context`, "started [1]", …): stdout at a
+//! * everything else (help, `context`, "`[1] … started`"): stdout at a
 //!   terminal; in a script, shown only when asked for (help, `context`,
 //!   `timeout`, `jobs`) and then on stderr, so that a script's stdout is
 //!   exactly one JSON document per result.

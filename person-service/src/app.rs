@@ -163,6 +163,11 @@ impl RunningApp {
         Ok(self.rpc.ready().await?)
     }
 
+    /// The RPC service's status (consuming, reconnecting, …).
+    pub fn rpc_status(&self) -> rpc_core::ServiceStatus {
+        self.rpc.status()
+    }
+
     /// The service name.
     pub fn service_name(&self) -> &str {
         &self.settings.service_name

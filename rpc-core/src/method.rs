@@ -96,13 +96,17 @@ impl Signature {
     ) -> Result<Vec<Value>, RpcError> {
         let n = self.params.len();
         if args.len() > n {
-            let required = self.params.iter().filter(|p| p.default.is_none()).count();
-            let takes = if required == n {
-                format!("{n} positional argument{}", plural(n))
+            // Python counts the method's `self` in this message (and only in
+            // this one), so a nameko client sees the same text from a Rust
+            // service as from a Python one.
+            let required = self.params.iter().filter(|p| p.default.is_none()).count() + 1;
+            let total = n + 1;
+            let takes = if required == total {
+                format!("{total} positional argument{}", plural(total))
             } else {
-                format!("from {required} to {n} positional arguments")
+                format!("from {required} to {total} positional arguments")
             };
-            let given = args.len();
+            let given = args.len() + 1;
             let verb = if given == 1 { "was" } else { "were" };
             return Err(RpcError::incorrect_signature(format!(
                 "{method}() takes {takes} but {given} {verb} given"
@@ -365,17 +369,17 @@ mod tests {
                 vec![json!(1), json!(2), json!(3), json!(4)],
                 kw(json!({}))
             )),
-            "f() takes from 2 to 3 positional arguments but 4 were given"
+            "f() takes from 3 to 4 positional arguments but 5 were given"
         );
         assert_eq!(
             err(Signature::new()
                 .param("x")
                 .bind("h", vec![json!(1), json!(2)], kw(json!({})))),
-            "h() takes 1 positional argument but 2 were given"
+            "h() takes 2 positional arguments but 3 were given"
         );
         assert_eq!(
             err(Signature::new().bind("k", vec![json!(1)], kw(json!({})))),
-            "k() takes 0 positional arguments but 1 was given"
+            "k() takes 1 positional argument but 2 were given"
         );
     }
 

@@ -98,9 +98,10 @@ async fn every_error_reply() {
     );
     assert_eq!(e.value, "add() got an unexpected keyword argument 'c'");
     let e = remote(p.call(&name, "add", Args::new().arg(1).arg(2).arg(3)).await);
+    // Counting `self`, as Python does.
     assert_eq!(
         e.value,
-        "add() takes 2 positional arguments but 3 were given"
+        "add() takes 3 positional arguments but 4 were given"
     );
 
     let e = remote(p.call(&name, "add", Args::new().arg(1).arg("two")).await);

@@ -400,14 +400,14 @@ async fn dispatched_events_reach_a_rust_handler() {
             .expect("the handler is alive");
         got.push(data);
     }
-    assert_eq!(
-        got,
-        [
-            json!({"id": 1}),
-            json!({"id": 2, "name": "Zoë"}),
-            Value::Null
-        ]
-    );
+    // The handler runs events concurrently: their order is not kept.
+    for expected in [
+        json!({"id": 1}),
+        json!({"id": 2, "name": "Zoë"}),
+        Value::Null,
+    ] {
+        assert!(got.contains(&expected), "{expected} in {got:?}");
+    }
     handle.shutdown().await.expect("the handler stops");
 }
 

@@ -16,6 +16,10 @@ async fn a_terminal_session_prints_results_and_keeps_history() {
     let uri = test_support::require_broker();
     let name = test_support::unique_name("rpc_pty");
     let _cleanup = Cleanup::new().service(&name);
+    // Tells the terminal thread that the slow call is running, so Ctrl-C
+    // reaches the shell while it waits for the reply (not while rustyline
+    // still has the terminal in raw mode, where Ctrl-C is a key).
+    let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
     let mut handle = Service::builder(&name)
         .method(
             "greet",
@@ -27,9 +31,12 @@ async fn a_terminal_session_prints_results_and_keeps_history() {
         .method(
             "slow",
             Signature::new().param("seconds"),
-            |_ctx: Context, (seconds,): (f64,)| async move {
-                tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
-                Ok::<_, RpcError>(seconds)
+            move |_ctx: Context, (seconds,): (f64,)| {
+                let _ = started_tx.send(());
+                async move {
+                    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+                    Ok::<_, RpcError>(seconds)
+                }
             },
         )
         .build()
@@ -92,7 +99,10 @@ async fn a_terminal_session_prints_results_and_keeps_history() {
         // Ctrl-C while waiting abandons the call, not the shell.
         p.send_line(&format!("{svc}.slow(10)"))
             .map_err(|e| e.to_string())?;
-        std::thread::sleep(Duration::from_millis(500));
+        started_rx
+            .recv_timeout(Duration::from_secs(20))
+            .map_err(|e| format!("the slow call never started: {e}"))?;
+        std::thread::sleep(Duration::from_millis(100));
         p.send_control('c').map_err(|e| e.to_string())?;
         expect(&mut p, "interrupted")?;
         let seen = expect(&mut p, ">>> ")?;

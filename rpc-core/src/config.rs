@@ -68,7 +68,9 @@ pub struct Config {
     /// nameko does). Transient messages are cheaper for the broker; nameko
     /// peers do not look at the mode.
     pub persistent: bool,
-    /// Retries of the first connection and of reconnections.
+    /// Retries of the first connection, and the back-off of reconnections
+    /// (which, once a connection has worked, retry until stopped whatever
+    /// `attempts` says).
     pub connect_retry: RetryPolicy,
     /// CA certificate (PEM) for `amqps` brokers outside the system's trust.
     pub tls_ca_file: Option<PathBuf>,

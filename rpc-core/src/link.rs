@@ -343,7 +343,11 @@ impl Supervisor {
     }
 
     async fn reconnect(&self) -> Option<(Connection, Setup)> {
-        let options = self.config.connect_options(self.name.clone());
+        // `connect_retry` may make the first connection fail fast (a command
+        // line tool); once it has worked, the link keeps trying until it is
+        // closed, so a broker restart does not close it for good.
+        let mut options = self.config.connect_options(self.name.clone());
+        options.retry.attempts = None;
         let mut delay = self.config.connect_retry.initial;
         loop {
             let conn = match connection::connect(&self.config.amqp_uri, &options, &self.stop).await

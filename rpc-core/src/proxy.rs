@@ -95,6 +95,16 @@ impl Args {
         Ok(Args(RequestBody { args, kwargs }))
     }
 
+    /// The positional arguments.
+    pub fn positional_args(&self) -> &[Value] {
+        &self.0.args
+    }
+
+    /// The keyword arguments.
+    pub fn keyword_args(&self) -> &Map<String, Value> {
+        &self.0.kwargs
+    }
+
     /// The request body these arguments make.
     pub fn body(&self) -> &RequestBody {
         &self.0

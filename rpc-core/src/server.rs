@@ -453,7 +453,7 @@ impl Service {
         stop: &CancellationToken,
         state: &watch::Sender<State>,
     ) -> Result<(), ServiceError> {
-        let options = config.connect_options(format!("{} service", self.def.name));
+        let mut options = config.connect_options(format!("{} service", self.def.name));
         let workers = Arc::new(Semaphore::new(config.workers()));
         let mut delay = config.connect_retry.initial;
         loop {
@@ -510,6 +510,9 @@ impl Service {
                 SessionEnd::Lost(reason) => {
                     tracing::warn!(service = %self.def.name, reason = %reason, "lost the broker connection; reconnecting");
                     state.send_replace(State::Reconnecting(reason));
+                    // connect_retry may give up on the first connection; a
+                    // service that was up keeps trying until it is stopped.
+                    options.retry.attempts = None;
                     let _ = conn.close(320, "reconnecting".into()).await;
                 }
             }

@@ -249,3 +249,24 @@ async fn a_service_partitioned_silently_notices_by_heartbeat_and_recovers() {
     p.close().await;
     svc.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fail_fast_first_connect_still_reconnects_patiently() {
+    let uri = test_support::require_broker();
+    let name = unique_name("calc-once");
+    let _cleanup = Cleanup::new().service(&name);
+    let (svc, _) = start(&name, &config_via(&uri)).await;
+    let faulty = FaultyProxy::in_front_of(&uri).await;
+    let mut cfg = config_via(&faulty.uri(&uri));
+    cfg.connect_retry.attempts = Some(1);
+    let p = RpcProxy::connect(cfg).await.unwrap();
+    // Down for longer than several reconnection attempts.
+    faulty.refuse(true);
+    faulty.cut();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!p.is_connected());
+    faulty.refuse(false);
+    until_ok(&p, &name).await;
+    p.close().await;
+    svc.shutdown().await.unwrap();
+}

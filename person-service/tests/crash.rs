@@ -6,8 +6,6 @@ mod helpers;
 
 use helpers::process::ServiceProcess;
 use helpers::raw::Raw;
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use person_service::store::Store;
 use rpc_core::{json, Args, CallError, Config, RpcProxy};
 use std::collections::HashMap;
@@ -15,6 +13,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use test_support::raw::consumer_count;
 use test_support::{unique_name, Cleanup};
 
 fn proxy_config(timeout: Duration) -> Config {
@@ -23,32 +22,9 @@ fn proxy_config(timeout: Duration) -> Config {
     config
 }
 
-async fn consumers(name: &str) -> u32 {
-    let conn = lapin::Connection::connect(
-        &test_support::broker_uri(),
-        lapin::ConnectionProperties::default(),
-    )
-    .await
-    .unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    let q = ch
-        .queue_declare(
-            format!("rpc-{name}").as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let _ = conn.close(200, "OK".into()).await;
-    q.consumer_count()
-}
-
 async fn wait_consumers(name: &str, n: u32) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while consumers(name).await != n {
+    while consumer_count(&format!("rpc-{name}")).await != n {
         assert!(
             Instant::now() < deadline,
             "never {n} consumers on rpc-{name}"

@@ -14,6 +14,7 @@ use rpc_core::{
 };
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use test_support::raw::queue_depth;
 use test_support::{unique_name, Cleanup};
 use tokio::sync::mpsc;
 
@@ -310,29 +311,6 @@ async fn failing(
         .spawn(config.clone());
     handle.ready().await.unwrap();
     (handle, attempts)
-}
-
-async fn queue_depth(queue: &str) -> u32 {
-    let conn = lapin::Connection::connect(
-        &test_support::broker_uri(),
-        lapin::ConnectionProperties::default(),
-    )
-    .await
-    .unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    let q = ch
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let _ = conn.close(200, "OK".into()).await;
-    q.message_count()
 }
 
 async fn wait_for_attempts(attempts: &Arc<Mutex<Vec<Instant>>>, n: usize) {

@@ -5,33 +5,9 @@
 mod common;
 
 use common::{config, proxy, start_named, Probe};
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use rpc_core::{json, Args, RetryPolicy, RpcProxy};
 use std::time::Duration;
-
-async fn queue_depth(name: &str) -> u32 {
-    let conn = lapin::Connection::connect(
-        &test_support::broker_uri(),
-        lapin::ConnectionProperties::default(),
-    )
-    .await
-    .unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    let q = ch
-        .queue_declare(
-            rpc_core::wire::rpc_queue(name).as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let _ = conn.close(200, "OK".into()).await;
-    q.message_count()
-}
+use test_support::raw::queue_depth;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_stop_with_calls_in_flight_loses_nothing_and_runs_nothing_twice() {
@@ -63,7 +39,7 @@ async fn graceful_stop_with_calls_in_flight_loses_nothing_and_runs_nothing_twice
         "the stop let the running calls finish, and took no new ones"
     );
     assert_eq!(
-        queue_depth(&name).await,
+        queue_depth(&rpc_core::wire::rpc_queue(&name)).await,
         (total - done_by_first) as u32,
         "the rest wait in the queue"
     );
@@ -79,7 +55,7 @@ async fn graceful_stop_with_calls_in_flight_loses_nothing_and_runs_nothing_twice
         runs.values().all(|&n| n == 1),
         "something ran twice: {runs:?}"
     );
-    assert_eq!(queue_depth(&name).await, 0);
+    assert_eq!(queue_depth(&rpc_core::wire::rpc_queue(&name)).await, 0);
 
     p.close().await;
     second.stop().await;
@@ -98,7 +74,7 @@ async fn requests_queued_while_down_are_answered_after_start() {
         .call_async(&name, "add", Args::new().arg(2).arg(3))
         .await
         .unwrap();
-    assert_eq!(queue_depth(&name).await, 1);
+    assert_eq!(queue_depth(&rpc_core::wire::rpc_queue(&name)).await, 1);
     let mut svc = start_named(&name, &config, probe).await;
     assert_eq!(pending.result().await.unwrap(), json!(5));
     p.close().await;

@@ -4,117 +4,57 @@
 mod common;
 
 use common::{config, proxy, start_calc, Probe};
-use futures::StreamExt;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions,
-};
-use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Connection, ConnectionProperties, Consumer};
+use lapin::options::QueueDeclareOptions;
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::BasicProperties;
 use rpc_core::error::exc_path;
 use rpc_core::wire;
 use rpc_core::{json, Args, Value};
 use std::time::Duration;
+use test_support::raw::RawClient;
 
+/// test_support's raw client, with each reply's content type checked and
+/// its body decoded as a nameko reply.
 struct Raw {
-    conn: Connection,
+    client: RawClient,
     channel: lapin::Channel,
     reply_key: String,
-    replies: Consumer,
 }
 
 impl Raw {
     async fn new() -> Raw {
-        let conn =
-            Connection::connect(&test_support::broker_uri(), ConnectionProperties::default())
-                .await
-                .unwrap();
-        let channel = conn.create_channel().await.unwrap();
-        let reply_key = uuid::Uuid::new_v4().to_string();
-        let q = format!("test-replies-{reply_key}");
-        channel
-            .queue_declare(
-                q.as_str().into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        channel
-            .queue_bind(
-                q.as_str().into(),
-                "nameko-rpc".into(),
-                reply_key.as_str().into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        let replies = channel
-            .basic_consume(
-                q.as_str().into(),
-                "t".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+        let client = RawClient::connect().await;
         Raw {
-            conn,
-            channel,
-            reply_key,
-            replies,
+            channel: client.channel.clone(),
+            reply_key: client.reply_key.clone(),
+            client,
         }
     }
 
     fn props(&self, correlation_id: &str) -> BasicProperties {
-        BasicProperties::default()
-            .with_content_type("application/json".into())
-            .with_reply_to(self.reply_key.as_str().into())
-            .with_correlation_id(correlation_id.into())
+        self.client.props(correlation_id)
     }
 
     async fn publish(&self, routing_key: &str, body: &[u8], props: BasicProperties) {
-        self.channel
-            .basic_publish(
-                "nameko-rpc".into(),
-                routing_key.into(),
-                BasicPublishOptions::default(),
-                body,
-                props,
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        self.client.publish(routing_key, body, props).await;
     }
 
     /// The next reply: (correlation id, decoded body).
     async fn reply(&mut self) -> (Option<String>, Result<Value, wire::ErrorObject>) {
-        let d = tokio::time::timeout(Duration::from_secs(10), self.replies.next())
+        let r = self
+            .client
+            .reply_within(Duration::from_secs(10))
             .await
-            .expect("a reply within 10 s")
-            .expect("consumer open")
-            .expect("delivery");
-        assert_eq!(
-            d.properties
-                .content_type()
-                .as_ref()
-                .map(ShortString::as_str),
-            Some("application/json")
-        );
-        let corr = d
-            .properties
-            .correlation_id()
-            .as_ref()
-            .map(|c| c.as_str().to_owned());
-        (corr, wire::decode_reply(&d.data).expect("a nameko reply"))
+            .expect("a reply within 10 s");
+        assert_eq!(r.content_type.as_deref(), Some("application/json"));
+        (
+            r.correlation_id,
+            wire::decode_reply(&r.data).expect("a nameko reply"),
+        )
+    }
+
+    async fn nothing_within(&mut self, wait: Duration) -> bool {
+        self.client.reply_within(wait).await.is_none()
     }
 }
 
@@ -257,14 +197,10 @@ async fn malformed_requests_get_error_replies_and_are_acked() {
         .unwrap();
     assert_eq!(q.message_count(), 0);
     // Nothing more arrived for the requests without reply_to.
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), raw.replies.next())
-            .await
-            .is_err()
-    );
+    assert!(raw.nothing_within(Duration::from_millis(300)).await);
 
     p.close().await;
-    let _ = raw.conn.close(200, "OK".into()).await;
+    raw.client.close().await;
     svc.stop().await;
 }
 
@@ -293,6 +229,6 @@ async fn a_long_call_id_stack_is_capped_at_parent_calls_tracked_plus_one() {
     assert!(stack[10].starts_with(&format!("{}.ctx.", svc.name)));
     assert_eq!(out["data"]["user_id"], json!("u7"));
     assert_eq!(out["correlation_id"], json!("s"));
-    let _ = raw.conn.close(200, "OK".into()).await;
+    raw.client.close().await;
     svc.stop().await;
 }

@@ -7,6 +7,7 @@
 pub mod faulty;
 pub mod nameko;
 pub mod python;
+pub mod raw;
 
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::{Connection, ConnectionProperties};

@@ -90,6 +90,10 @@ pub enum ServiceError {
     /// The service name cannot be used in AMQP names.
     #[error("invalid service name {0:?}: {1}")]
     InvalidName(String, String),
+    /// An entrypoint is configured in a way that cannot work (for example a
+    /// reliable broadcast event handler without an identifier).
+    #[error("invalid configuration: {0}")]
+    Configuration(String),
 }
 
 /// Collects a service's methods and timers; see [`Service::builder`].
@@ -404,7 +408,7 @@ impl Service {
         for handler in &self.def.event_handlers {
             handler
                 .check()
-                .map_err(|e| ServiceError::InvalidName(name.clone(), e))?;
+                .map_err(ServiceError::Configuration)?;
         }
         let runtime = Arc::new(ServiceRuntime::new(
             name.clone(),

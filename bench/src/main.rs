@@ -161,7 +161,7 @@ struct RunArgs {
     #[arg(long, value_enum)]
     nameko: Option<NamekoArg>,
     /// The nameko venv (created with scripts/nameko-venv when missing)
-    /// [default: <workspace>/target/nameko-venv].
+    /// [default: target/nameko-venv in the workspace].
     #[arg(long)]
     nameko_venv: Option<PathBuf>,
     /// How person-service runs.
@@ -190,6 +190,15 @@ struct RunArgs {
     /// RUST_LOG of the person-service child.
     #[arg(long, default_value = "info")]
     service_log: String,
+    /// Extra environment of the person-service child, KEY=VALUE
+    /// (repeatable), e.g. MALLOC_ARENA_MAX=2 to see where memory goes.
+    #[arg(long, value_name = "KEY=VALUE")]
+    service_env: Vec<String>,
+    /// Before starting, wait up to this many seconds for the machine to be
+    /// quiet (under 25% of all CPUs busy, the broker aside, for 3 s in a
+    /// row); then start anyway, with a warning.
+    #[arg(long, default_value_t = 0.0, value_name = "SECS")]
+    wait_quiet: f64,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -215,6 +224,8 @@ struct Plan {
     sweep: bool,
     timeout_s: f64,
     service_log: String,
+    service_env: Vec<(String, String)>,
+    wait_quiet_s: f64,
     #[serde(skip)]
     amqp_uri: String,
     #[serde(skip)]
@@ -321,6 +332,16 @@ fn plan(args: &RunArgs) -> Result<Plan, String> {
         sweep: args.sweep,
         timeout_s: secs(args.timeout, "--timeout")?.max(0.1),
         service_log: args.service_log.clone(),
+        service_env: args
+            .service_env
+            .iter()
+            .map(|kv| {
+                kv.split_once('=')
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .ok_or_else(|| format!("--service-env {kv}: not KEY=VALUE"))
+            })
+            .collect::<Result<_, _>>()?,
+        wait_quiet_s: secs(args.wait_quiet, "--wait-quiet")?,
         amqp_uri: args.amqp_uri.clone(),
         host,
     })
@@ -386,11 +407,15 @@ enum Server {
         persistent: bool,
         confirms: bool,
         prefetch: u16,
+        /// `frame_max` asked by the server's connection (URI query).
+        frame_max: Option<u32>,
     },
     Person {
         persistent: bool,
         max_workers: u16,
         rows: u64,
+        /// `frame_max` asked by the service's connections (URI query).
+        frame_max: Option<u32>,
     },
     Nameko {
         rows: u64,
@@ -488,12 +513,19 @@ impl Bench {
                 persistent,
                 confirms,
                 prefetch,
-            } => {
-                targets::echo_server(&plan.amqp_uri, name, *prefetch, *persistent, *confirms, log)?
-            }
+                frame_max,
+            } => targets::echo_server(
+                &with_frame_max(&plan.amqp_uri, *frame_max),
+                name,
+                *prefetch,
+                *persistent,
+                *confirms,
+                log,
+            )?,
             Server::Person {
                 persistent,
                 max_workers,
+                frame_max,
                 ..
             } => {
                 // The binary has no flag for transient messages.
@@ -505,12 +537,13 @@ impl Bench {
                 targets::person_service(
                     &host,
                     &PersonSpec {
-                        amqp_uri: &plan.amqp_uri,
+                        amqp_uri: &with_frame_max(&plan.amqp_uri, *frame_max),
                         db: &db,
                         name,
                         max_workers: *max_workers,
                         persistent: *persistent,
                         log_filter: &plan.service_log,
+                        env: &plan.service_env,
                     },
                     log,
                 )?
@@ -627,6 +660,15 @@ impl Bench {
     }
 }
 
+/// The URI with `frame_max=N` added to its query.
+fn with_frame_max(uri: &str, frame_max: Option<u32>) -> String {
+    match frame_max {
+        None => uri.to_owned(),
+        Some(n) if uri.contains('?') => format!("{uri}&frame_max={n}"),
+        Some(n) => format!("{uri}?frame_max={n}"),
+    }
+}
+
 fn main_phases(plan: &Plan) -> Vec<(Workload, usize)> {
     plan.workloads
         .iter()
@@ -659,8 +701,43 @@ fn push_rows(results: &mut Results, target: Target, mode: Mode, served: Served) 
     }
 }
 
+/// Waits (up to `within`) until the machine is quiet: under 25% of all
+/// CPUs busy, the broker aside, for 3 one-second samples in a row. Returns
+/// the busy fraction of the last sample.
+async fn wait_quiet(within: Duration, broker: Option<u32>) -> Option<f64> {
+    let deadline = tokio::time::Instant::now() + within;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let mut quiet = 0;
+    let mut last = None;
+    while tokio::time::Instant::now() < deadline {
+        let busy0 = procstat::machine_busy_seconds()?;
+        let broker0 = broker.and_then(procstat::cpu_seconds).unwrap_or(0.0);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let busy = procstat::machine_busy_seconds()? - busy0;
+        let broker_busy = broker.and_then(procstat::cpu_seconds).unwrap_or(0.0) - broker0;
+        let fraction = ((busy - broker_busy) / cpus).max(0.0);
+        last = Some(fraction);
+        quiet = if fraction < 0.25 { quiet + 1 } else { 0 };
+        if quiet >= 3 {
+            return last;
+        }
+    }
+    eprintln!(
+        "warning: the machine did not get quiet within {within:?} (last: {:.0}% of the CPUs busy besides the broker); starting anyway",
+        last.unwrap_or(1.0) * 100.0
+    );
+    last
+}
+
 async fn run(plan: Plan) -> Result<(Results, Machine), String> {
     let broker = procstat::find_process("beam.smp");
+    if plan.wait_quiet_s > 0.0 {
+        eprintln!(
+            "waiting up to {} s for the machine to be quiet",
+            plan.wait_quiet_s
+        );
+        wait_quiet(Duration::from_secs_f64(plan.wait_quiet_s), broker).await;
+    }
     let machine = machine(broker);
     let dir = tempfile::Builder::new()
         .prefix("person-bench-")
@@ -713,6 +790,7 @@ async fn run(plan: Plan) -> Result<(Results, Machine), String> {
             persistent,
             confirms: true,
             prefetch: plan.max_workers,
+            frame_max: None,
         };
         let label = format!("echo ceiling ({})", mode.label());
         let served = bench.measure(&label, &echo, persistent, &phases).await?;
@@ -721,6 +799,7 @@ async fn run(plan: Plan) -> Result<(Results, Machine), String> {
             persistent,
             max_workers: plan.max_workers,
             rows: plan.seed_rows,
+            frame_max: None,
         };
         let label = format!("person-service ({})", mode.label());
         let served = bench.measure(&label, &person, persistent, &phases).await?;
@@ -750,6 +829,7 @@ async fn run(plan: Plan) -> Result<(Results, Machine), String> {
                 persistent: true,
                 max_workers: plan.max_workers,
                 rows,
+                frame_max: None,
             };
             let label = format!("person-service list, {rows} rows");
             let served = bench
@@ -787,6 +867,7 @@ async fn run(plan: Plan) -> Result<(Results, Machine), String> {
                 persistent,
                 confirms,
                 prefetch: plan.max_workers,
+                frame_max: None,
             };
             let served = bench
                 .measure(&variant, &server, persistent, &at(Workload::Get))
@@ -802,6 +883,7 @@ async fn run(plan: Plan) -> Result<(Results, Machine), String> {
                 persistent: true,
                 confirms: true,
                 prefetch: workers,
+                frame_max: None,
             };
             let served = bench
                 .measure(&variant, &server, true, &[(Workload::Get, 64)])
@@ -812,6 +894,7 @@ async fn run(plan: Plan) -> Result<(Results, Machine), String> {
                 persistent: true,
                 max_workers: workers,
                 rows: plan.seed_rows,
+                frame_max: None,
             };
             let served = bench
                 .measure(
@@ -823,6 +906,44 @@ async fn run(plan: Plan) -> Result<(Results, Machine), String> {
                 .await?;
             push_sweep(&mut results, &variant, Target::PersonService, served);
         }
+    }
+    if plan.sweep {
+        // lapin keeps two ring buffers of 32 × frame_max per connection
+        // (4 MiB each at RabbitMQ's default frame_max of 128 KiB).
+        let frame_max = 16_384;
+        let variant = format!(
+            "echo persistent, confirms on, prefetch {}, frame_max {frame_max}",
+            plan.max_workers
+        );
+        let server = Server::Echo {
+            persistent: true,
+            confirms: true,
+            prefetch: plan.max_workers,
+            frame_max: Some(frame_max),
+        };
+        let served = bench
+            .measure(&variant, &server, true, &[(Workload::Get, 64)])
+            .await?;
+        push_sweep(&mut results, &variant, Target::Echo, served);
+        let variant = format!(
+            "person-service persistent, max_workers {}, frame_max {frame_max}",
+            plan.max_workers
+        );
+        let server = Server::Person {
+            persistent: true,
+            max_workers: plan.max_workers,
+            rows: plan.seed_rows,
+            frame_max: Some(frame_max),
+        };
+        let served = bench
+            .measure(
+                &variant,
+                &server,
+                true,
+                &[(Workload::Get, 64), (Workload::Create, 64)],
+            )
+            .await?;
+        push_sweep(&mut results, &variant, Target::PersonService, served);
     }
     results.compute_ratios();
     results.compute_checks(&plan.modes);
@@ -863,6 +984,12 @@ fn print_report(plan: &Plan, machine: &Machine, results: &Results) {
         "person-service: {} | max_workers (= prefetch) {} | {} seeded rows | warm-up {} s, window {} s or {} calls per phase",
         plan.person_host, plan.max_workers, plan.seed_rows, plan.warmup_s, plan.window_s, plan.max_calls
     );
+    if !plan.service_env.is_empty() || plan.service_log != "info" {
+        println!(
+            "person-service environment: RUST_LOG={} {:?}",
+            plan.service_log, plan.service_env
+        );
+    }
     for (i, &mode) in plan.modes.iter().enumerate() {
         println!();
         println!(

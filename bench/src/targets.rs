@@ -180,6 +180,8 @@ pub struct PersonSpec<'a> {
     pub persistent: bool,
     /// `RUST_LOG` of the child.
     pub log_filter: &'a str,
+    /// More environment of the child.
+    pub env: &'a [(String, String)],
 }
 
 /// Starts person-service as `host` says.
@@ -223,7 +225,8 @@ pub fn person_service(
     };
     cmd.env("RUST_LOG", spec.log_filter)
         .env_remove("CONFIG_FILE")
-        .env_remove("HTTP_ADDR");
+        .env_remove("HTTP_ADDR")
+        .envs(spec.env.iter().map(|(k, v)| (k, v)));
     Proc::spawn("person-service", cmd, log)
 }
 

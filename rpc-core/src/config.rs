@@ -59,6 +59,18 @@ pub struct Config {
     pub parent_calls_tracked: usize,
     /// Heartbeat asked of the broker, in seconds (`HEARTBEAT`, default 60).
     pub heartbeat: u16,
+    /// Requests a service holds unacknowledged at once, per queue it
+    /// consumes (`basic.qos` prefetch). `None` (the default) is nameko's
+    /// rule, `max_workers`. A request stays unacknowledged for its whole
+    /// round trip (handler, reply, the broker's confirm, ack), so a prefetch
+    /// above `max_workers` keeps the workers busy while replies are
+    /// confirmed: see BENCHMARKS.md. Invisible to nameko peers.
+    pub prefetch: Option<u16>,
+    /// Largest AMQP frame asked for, in bytes (default 16 KiB; a URI's
+    /// `?frame_max=` wins). Larger messages are split into frames; the
+    /// client keeps 2 × 32 frames of buffer per connection, so RabbitMQ's
+    /// 128 KiB default would cost 8 MiB per connection, 16 KiB costs 1 MiB.
+    pub frame_max: u32,
     /// Default timeout of a call made through a proxy (default 30 s).
     pub rpc_timeout: Duration,
     /// Largest request body a service accepts (default 1 MiB); larger ones
@@ -92,6 +104,8 @@ impl Default for Config {
             max_workers: 10,
             parent_calls_tracked: 10,
             heartbeat: 60,
+            prefetch: None,
+            frame_max: 16 * 1024,
             rpc_timeout: Duration::from_secs(30),
             max_request_bytes: 1 << 20,
             persistent: true,
@@ -123,10 +137,18 @@ impl Config {
     pub(crate) fn connect_options(&self, connection_name: String) -> ConnectOptions {
         ConnectOptions {
             heartbeat: self.heartbeat,
+            frame_max: self.frame_max,
             retry: self.connect_retry.clone(),
             connection_name,
             tls_ca_file: self.tls_ca_file.clone(),
         }
+    }
+
+    /// The prefetch a service consumes with.
+    pub(crate) fn prefetch(&self) -> u16 {
+        self.prefetch
+            .filter(|p| *p > 0)
+            .unwrap_or_else(|| u16::try_from(self.workers()).unwrap_or(u16::MAX))
     }
 
     /// max_workers as nameko reads it: 0 means the default, 10.

@@ -92,7 +92,7 @@ impl AmqpUri {
         self
     }
 
-    fn to_lapin(&self, heartbeat: u16) -> AMQPUri {
+    fn to_lapin(&self, heartbeat: u16, frame_max: u32) -> AMQPUri {
         AMQPUri {
             scheme: if self.tls {
                 AMQPScheme::AMQPS
@@ -109,7 +109,7 @@ impl AmqpUri {
             },
             vhost: self.vhost.clone(),
             query: AMQPQueryString {
-                frame_max: self.frame_max,
+                frame_max: Some(self.frame_max.unwrap_or(frame_max)),
                 channel_max: self.channel_max,
                 heartbeat: Some(self.heartbeat.unwrap_or(heartbeat)),
                 connection_timeout: self.connection_timeout_ms,
@@ -289,6 +289,8 @@ fn percent_encode(s: &str) -> String {
 pub struct ConnectOptions {
     /// Heartbeat to ask for, in seconds (0 disables).
     pub heartbeat: u16,
+    /// Largest frame to ask for, in bytes (a URI's `?frame_max=` wins).
+    pub frame_max: u32,
     /// Retries of the first connection and of reconnections.
     pub retry: RetryPolicy,
     /// Name shown in the broker's connection list.
@@ -369,7 +371,12 @@ async fn connect_once(uri: &AmqpUri, options: &ConnectOptions) -> Result<Connect
     let timeout = Duration::from_millis(uri.connection_timeout_ms.unwrap_or(10_000));
     match tokio::time::timeout(
         timeout,
-        Connection::connect_uri_with_config(uri.to_lapin(options.heartbeat), props, tls, runtime),
+        Connection::connect_uri_with_config(
+            uri.to_lapin(options.heartbeat, options.frame_max),
+            props,
+            tls,
+            runtime,
+        ),
     )
     .await
     {

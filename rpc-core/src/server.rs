@@ -406,9 +406,7 @@ impl Service {
             }
         }
         for handler in &self.def.event_handlers {
-            handler
-                .check()
-                .map_err(ServiceError::Configuration)?;
+            handler.check().map_err(ServiceError::Configuration)?;
         }
         let runtime = Arc::new(ServiceRuntime::new(
             name.clone(),
@@ -533,7 +531,7 @@ impl Service {
             .create_channel()
             .await
             .map_err(SetupError::from_lapin("opening a channel"))?;
-        let prefetch = u16::try_from(config.workers()).unwrap_or(u16::MAX);
+        let prefetch = config.prefetch();
         // Per consumer, as nameko issues it (global = false).
         consume
             .basic_qos(prefetch, BasicQosOptions { global: false })
@@ -845,7 +843,7 @@ struct Call {
 }
 
 impl Call {
-    async fn handle(self, delivery: Delivery, _permit: OwnedSemaphorePermit) {
+    async fn handle(self, delivery: Delivery, permit: OwnedSemaphorePermit) {
         let props = &delivery.properties;
         let routing_key = delivery.routing_key.as_str();
         let method = routing_key
@@ -868,13 +866,10 @@ impl Call {
             incoming.data,
             origin,
         );
-        let span = tracing::info_span!(
-            "rpc",
-            service = %self.def.name,
-            method = %method,
-            call_id = %ctx.call_id(),
-            correlation_id = props.correlation_id().as_ref().map_or("", |c| c.as_str()),
-        );
+        // A span per call at debug level: formatting one for every call at
+        // info costs about a fifth of a `get`. The lines below that are
+        // logged at info and above carry the call id themselves.
+        let span = tracing::debug_span!("rpc", call_id = %ctx.call_id());
         let def = Arc::clone(&self.def);
         let label = match def.methods.get_key_value(method.as_str()) {
             Some((name, _)) => name.as_str(),
@@ -886,11 +881,15 @@ impl Call {
         async move {
             let started = Instant::now();
             let outcome = self.execute(&ctx, &method, &delivery).await;
+            // The worker's job is done; replying and acking do not hold a
+            // max_workers slot (the prefetch bounds them).
+            drop(permit);
             let elapsed = started.elapsed();
             let elapsed_us = elapsed.as_micros() as u64;
+            let call_id = ctx.call_id();
             let body = match outcome {
                 Ok(body) => {
-                    tracing::debug!(elapsed_us, "call succeeded");
+                    tracing::debug!(%method, elapsed_us, "call succeeded");
                     for o in &self.def.observers {
                         o.finished(label, CallOutcome::Ok, elapsed);
                     }
@@ -898,10 +897,10 @@ impl Call {
                 }
                 Err((error, expected)) => {
                     let outcome = if expected {
-                        tracing::info!(elapsed_us, error = %error, "call raised");
+                        tracing::info!(service = %self.def.name, %method, call_id, elapsed_us, error = %error, "call raised");
                         CallOutcome::Raised(&error)
                     } else {
-                        tracing::warn!(elapsed_us, error = %error, "request refused");
+                        tracing::warn!(service = %self.def.name, %method, call_id, elapsed_us, error = %error, "request refused");
                         CallOutcome::Refused(&error)
                     };
                     for o in &self.def.observers {
@@ -910,7 +909,7 @@ impl Call {
                     wire::encode_error_reply(&error.to_error_object())
                 }
             };
-            self.reply_then_ack(&delivery, &body).await;
+            self.reply_then_ack(&delivery, &body, call_id).await;
         }
         .instrument(span)
         .await;
@@ -973,15 +972,19 @@ impl Call {
 
     /// Reply, wait for the confirm, then ack: the request leaves the queue
     /// only once its answer is safely with the broker.
-    async fn reply_then_ack(&self, delivery: &Delivery, body: &[u8]) {
+    async fn reply_then_ack(&self, delivery: &Delivery, body: &[u8], call_id: &str) {
         let props = &delivery.properties;
         let Some(reply_to) = props.reply_to().clone() else {
-            tracing::warn!("request has no reply_to; the result is dropped");
-            self.ack(delivery).await;
+            tracing::warn!(call_id, "request has no reply_to; the result is dropped");
+            self.ack(delivery, call_id).await;
             return;
         };
-        let reply_props =
-            wire::reply_properties(props.correlation_id().as_ref(), self.replies.delivery_mode);
+        // The reply is as persistent as the request: a nameko caller sends
+        // persistent requests and may wait across a broker restart, so its
+        // reply is persistent too; a caller that chose transient requests
+        // does not pay for a persistent reply.
+        let mode = props.delivery_mode().unwrap_or(self.replies.delivery_mode);
+        let reply_props = wire::reply_properties(props.correlation_id().as_ref(), mode);
         let published = self
             .replies
             .channel
@@ -998,30 +1001,33 @@ impl Call {
             Err(e) => Err(e),
         };
         match confirmed {
-            Ok(c) if c.is_ack() => self.ack(delivery).await,
+            Ok(c) if c.is_ack() => self.ack(delivery, call_id).await,
             Ok(_) => {
                 // The broker refused to take the reply: give the request back
                 // so that it is answered again rather than never.
-                tracing::error!("the broker nacked the reply; requeueing the request");
+                tracing::error!(
+                    call_id,
+                    "the broker nacked the reply; requeueing the request"
+                );
                 if let Err(e) = delivery
                     .acker
                     .reject(BasicRejectOptions { requeue: true })
                     .await
                 {
-                    tracing::error!(error = %e, "requeueing the request failed");
+                    tracing::error!(call_id, error = %e, "requeueing the request failed");
                 }
             }
             Err(e) => {
                 // Without a confirmed reply the request must stay unacked; the
                 // broker redelivers it when the channel closes.
-                tracing::error!(error = %e, "publishing the reply failed; the request will be redelivered");
+                tracing::error!(call_id, error = %e, "publishing the reply failed; the request will be redelivered");
             }
         }
     }
 
-    async fn ack(&self, delivery: &Delivery) {
+    async fn ack(&self, delivery: &Delivery, call_id: &str) {
         if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
-            tracing::error!(error = %e, "acking the request failed; the broker will redeliver it");
+            tracing::error!(call_id, error = %e, "acking the request failed; the broker will redeliver it");
         }
     }
 }
@@ -1047,19 +1053,16 @@ impl EventCall {
                 redelivered: delivery.redelivered,
             },
         );
-        let span = tracing::info_span!(
-            "event",
-            service = %self.runtime.name,
-            handler = %self.handler.name,
-            source = %self.handler.source_service,
-            event_type = %self.handler.event_type,
-            call_id = %ctx.call_id(),
-        );
+        // Debug level for the same reason as an RPC call's span; the lines
+        // logged at info and above name the handler and the call id.
+        let span = tracing::debug_span!("event", call_id = %ctx.call_id());
+        let call_id = ctx.call_id().to_owned();
+        let who = format!("{}.{}", self.runtime.name, self.handler.name);
         async move {
             let data = match decode_event(&delivery, self.max_bytes) {
                 Ok(data) => data,
                 Err(why) => {
-                    tracing::error!(error = %why, "undecodable event dropped");
+                    tracing::error!(handler = %who, %call_id, error = %why, "undecodable event dropped");
                     ack(&delivery).await;
                     return;
                 }
@@ -1073,7 +1076,7 @@ impl EventCall {
                 }
                 Ok(Err(EventFailure::Undecodable(e))) => {
                     // It can never succeed: requeueing would loop forever.
-                    tracing::error!(error = %e, "event data does not fit the handler; dropped");
+                    tracing::error!(handler = %who, %call_id, error = %e, "event data does not fit the handler; dropped");
                     ack(&delivery).await;
                     return;
                 }
@@ -1083,16 +1086,16 @@ impl EventCall {
             let failures = self.handler.record(false);
             if self.handler.options.requeue_on_error {
                 let wait = self.handler.backoff(failures);
-                tracing::warn!(error = %failure, failures, retry_in_ms = wait.as_millis() as u64, "event handler failed; requeueing after a back-off");
+                tracing::warn!(handler = %who, %call_id, error = %failure, failures, retry_in_ms = wait.as_millis() as u64, "event handler failed; requeueing after a back-off");
                 tokio::select! {
                     _ = self.runtime.shutdown.cancelled() => {}
                     _ = tokio::time::sleep(wait) => {}
                 }
                 if let Err(e) = delivery.acker.reject(BasicRejectOptions { requeue: true }).await {
-                    tracing::error!(error = %e, "requeueing the event failed; the broker redelivers it when the channel closes");
+                    tracing::error!(handler = %who, %call_id, error = %e, "requeueing the event failed; the broker redelivers it when the channel closes");
                 }
             } else {
-                tracing::error!(error = %failure, "event handler failed; event dropped");
+                tracing::error!(handler = %who, %call_id, error = %failure, "event handler failed; event dropped");
                 ack(&delivery).await;
             }
         }

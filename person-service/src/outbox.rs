@@ -23,8 +23,19 @@ const FINAL_DRAIN: Duration = Duration::from_secs(5);
 pub async fn run(store: Store, config: Config, source: String, stop: CancellationToken) {
     let signal = store.outbox_signal();
     let mut dispatcher: Option<EventDispatcher> = None;
+    // Published events leave the outbox lazily (see Store::clear_outbox);
+    // this is the last one published, so they are not sent twice meanwhile.
+    let mut published = 0i64;
     loop {
-        let outcome = drain(&store, &config, &source, &mut dispatcher, &stop).await;
+        let outcome = drain(
+            &store,
+            &config,
+            &source,
+            &mut dispatcher,
+            &mut published,
+            &stop,
+        )
+        .await;
         if let Err(e) = &outcome {
             tracing::warn!(error = %e, retry_in_s = RETRY.as_secs(), "publishing events failed; they stay in the outbox");
         }
@@ -40,7 +51,14 @@ pub async fn run(store: Store, config: Config, source: String, stop: Cancellatio
     let last = CancellationToken::new();
     match tokio::time::timeout(
         FINAL_DRAIN,
-        drain(&store, &once, &source, &mut dispatcher, &last),
+        drain(
+            &store,
+            &once,
+            &source,
+            &mut dispatcher,
+            &mut published,
+            &last,
+        ),
     )
     .await
     {
@@ -55,6 +73,9 @@ pub async fn run(store: Store, config: Config, source: String, stop: Cancellatio
     if let Some(d) = dispatcher {
         d.close().await;
     }
+    if let Err(e) = store.flush().await {
+        tracing::warn!(error = %e, "could not remove published events; they are published again at the next start");
+    }
 }
 
 /// Publishes until the outbox is empty.
@@ -63,10 +84,14 @@ async fn drain(
     config: &Config,
     source: &str,
     dispatcher: &mut Option<EventDispatcher>,
+    published: &mut i64,
     stop: &CancellationToken,
 ) -> Result<(), String> {
     loop {
-        let batch = store.outbox(BATCH).await.map_err(|e| e.to_string())?;
+        let batch = store
+            .outbox_after(*published, BATCH)
+            .await
+            .map_err(|e| e.to_string())?;
         if batch.is_empty() {
             return Ok(());
         }
@@ -92,15 +117,18 @@ async fn drain(
                 context: e.context.data.clone(),
             })
             .collect();
-        let published = d.dispatch_batch(&events).await;
-        let done = match &published {
+        let outcome = d.dispatch_batch(&events).await;
+        let done = match &outcome {
             Ok(n) => *n,
             Err(_) => 0,
         };
         let ids: Vec<i64> = batch.iter().take(done).map(|e| e.id).collect();
+        if let Some(last) = ids.last() {
+            *published = *last;
+        }
         store.clear_outbox(ids).await.map_err(|e| e.to_string())?;
         tracing::debug!(published = done, "events published");
-        match published {
+        match outcome {
             Err(e) => return Err(e.to_string()),
             Ok(n) if n < batch.len() => return Err("the broker nacked an event".into()),
             Ok(_) => {}

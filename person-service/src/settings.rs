@@ -21,6 +21,13 @@ pub enum LogFormat {
     Json,
 }
 
+/// Default prefetch: 64. A request stays unacknowledged for its whole round
+/// trip (handler, reply, the broker's confirm, ack), so with nameko's rule
+/// (prefetch = max_workers = 10) the workers sit idle while replies are
+/// confirmed; 64 keeps them busy (BENCHMARKS.md has the figures). Invisible
+/// to nameko peers; 0 restores nameko's rule.
+pub const DEFAULT_PREFETCH: u16 = 64;
+
 /// person-service's own keys in a `--config` file, beside nameko's
 /// (`AMQP_URI` and `max_workers` are nameko's keys for `--amqp-uri` and
 /// `--max-workers`).
@@ -30,6 +37,7 @@ pub const FILE_KEYS: &[&str] = &[
     "HTTP_ADDR",
     "HTTP_MAX_BODY",
     "LOG_FORMAT",
+    "PREFETCH",
 ];
 
 /// person-service's settings. Every flag can also be given in the
@@ -72,6 +80,12 @@ pub struct Settings {
     /// config file: nameko's max_workers (0 there means 10, as in nameko).
     #[arg(long, env = "MAX_WORKERS", default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..))]
     pub max_workers: u16,
+
+    /// Requests held unacknowledged at once (the request queue's prefetch):
+    /// more than max_workers keeps the workers busy while replies are
+    /// confirmed (see BENCHMARKS.md); 0 means max_workers, nameko's rule.
+    #[arg(long, env = "PREFETCH", default_value_t = DEFAULT_PREFETCH)]
+    pub prefetch: u16,
 
     /// Service name: requests come from queue rpc-{name}. Give tests and
     /// staging copies their own.
@@ -178,6 +192,13 @@ impl Settings {
                 })?);
             }
         }
+        if from_file("prefetch") {
+            if let Some(n) = file.get_text("PREFETCH")? {
+                self.prefetch = n.parse().map_err(|_| {
+                    file.invalid("PREFETCH", format!("`{n}` is not a number from 0 to 65535"))
+                })?;
+            }
+        }
         if from_file("http_max_body") {
             if let Some(n) = file.get_text("HTTP_MAX_BODY")? {
                 self.http_max_body = n.parse().map_err(|_| {
@@ -208,6 +229,7 @@ impl Settings {
             .parse()
             .map_err(|e: rpc_core::ConnectError| e.to_string())?;
         config.max_workers = usize::from(self.max_workers);
+        config.prefetch = (self.prefetch > 0).then_some(self.prefetch);
         Ok(config)
     }
 
@@ -219,6 +241,7 @@ impl Settings {
             amqp_uri: amqp_uri.to_owned(),
             db,
             max_workers: 10,
+            prefetch: DEFAULT_PREFETCH,
             service_name: "person".to_owned(),
             http: None,
             http_max_body: 64 * 1024,

@@ -34,8 +34,14 @@ use tokio::sync::{oneshot, Notify, Semaphore};
 
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 512;
-/// Read connections in the pool.
-const READERS: usize = 4;
+/// Read connections in the pool: as many as reads can run at once on the
+/// machines this targets; each holds its own page cache.
+const READERS: usize = 2;
+/// Page cache of each reader, in KiB (SQLite's default is 2,000): the OS
+/// caches the file too, so a small cache costs little and saves memory.
+const READER_CACHE_KIB: i64 = 512;
+/// Longest an outbox delete waits for a write transaction to ride along.
+const CLEAR_DELAY: Duration = Duration::from_secs(1);
 /// How often the writer removes expired request records.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
@@ -162,6 +168,7 @@ enum WriteOp {
     Update(i64, PersonChanges),
     Delete(i64),
     ClearOutbox(Vec<i64>),
+    Flush,
 }
 
 impl WriteOp {
@@ -171,6 +178,7 @@ impl WriteOp {
             WriteOp::Update(..) => "update",
             WriteOp::Delete(_) => "delete",
             WriteOp::ClearOutbox(_) => "clear_outbox",
+            WriteOp::Flush => "flush",
         }
     }
 }
@@ -222,7 +230,9 @@ impl Store {
                     | OpenFlags::SQLITE_OPEN_URI,
             )
             .map_err(open_err)?;
-            conn.execute_batch("PRAGMA query_only = ON; PRAGMA busy_timeout = 5000;")
+            conn.execute_batch(&format!(
+                "PRAGMA query_only = ON; PRAGMA busy_timeout = 5000; PRAGMA cache_size = -{READER_CACHE_KIB};"
+            ))
                 .map_err(open_err)?;
             readers.push(conn);
         }
@@ -322,17 +332,35 @@ impl Store {
             .await
     }
 
-    /// The oldest events not published yet, at most `limit`.
+    /// The oldest events in the outbox, at most `limit`.
     pub async fn outbox(&self, limit: usize) -> Result<Vec<OutboxEvent>, DomainError> {
+        self.outbox_after(0, limit).await
+    }
+
+    /// The oldest events in the outbox after position `after_id` (a relay
+    /// passes the last one it published: deleting published events is
+    /// deferred, see [`Store::clear_outbox`]).
+    pub async fn outbox_after(
+        &self,
+        after_id: i64,
+        limit: usize,
+    ) -> Result<Vec<OutboxEvent>, DomainError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT id, event_type, payload, call_id_stack, context FROM event_outbox ORDER BY id LIMIT ?1",
+                "SELECT id, event_type, payload, call_id_stack, context FROM event_outbox
+                 WHERE id > ?1 ORDER BY id LIMIT ?2",
             )?;
-            let rows = stmt.query_map(params![limit], |r| {
+            let rows = stmt.query_map(params![after_id, limit], |r| {
                 let text = |i: usize| -> rusqlite::Result<Value> {
                     let s: String = r.get(i)?;
-                    serde_json::from_str(&s).map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e)))
+                    serde_json::from_str(&s).map_err(|e| {
+                        rusqlite::Error::FromSqlConversionFailure(
+                            i,
+                            rusqlite::types::Type::Text,
+                            Box::new(e),
+                        )
+                    })
                 };
                 Ok(OutboxEvent {
                     id: r.get(0)?,
@@ -349,12 +377,23 @@ impl Store {
         .await
     }
 
-    /// Removes published events from the outbox.
+    /// Removes published events from the outbox, lazily: the deletes are
+    /// committed with the next write transaction (or within a second when
+    /// none comes), so publishing an event does not cost a sync of its own.
+    /// Until then the rows are still there; if the process dies first they
+    /// are published again at the next start (events are at least once).
     pub async fn clear_outbox(&self, ids: Vec<i64>) -> Result<(), DomainError> {
         if ids.is_empty() {
             return Ok(());
         }
         self.write(WriteOp::ClearOutbox(ids), WriteMeta::default())
+            .await
+            .map(|_| ())
+    }
+
+    /// Commits any deferred outbox deletes now (at shutdown).
+    pub async fn flush(&self) -> Result<(), DomainError> {
+        self.write(WriteOp::Flush, WriteMeta::default())
             .await
             .map(|_| ())
     }
@@ -419,6 +458,7 @@ fn configure_writer(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = FULL;
+         PRAGMA wal_autocheckpoint = 10000;
          PRAGMA busy_timeout = 5000;
          PRAGMA foreign_keys = ON;",
     )
@@ -481,35 +521,97 @@ struct Writer {
 
 impl Writer {
     /// Takes every job waiting, commits them together, then answers each.
-    /// Ends when every `Store` handle is gone.
+    /// Outbox deletes are held back and committed with the next batch of
+    /// writes (or after [`CLEAR_DELAY`] without one). Ends when every
+    /// `Store` handle is gone.
     fn run(mut self, jobs: mpsc::Receiver<WriteJob>) {
-        while let Ok(first) = jobs.recv() {
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match jobs.try_recv() {
-                    Ok(job) => batch.push(job),
+        let mut pending_clear: Vec<i64> = Vec::new();
+        loop {
+            let first = if pending_clear.is_empty() {
+                match jobs.recv() {
+                    Ok(job) => job,
                     Err(_) => break,
                 }
+            } else {
+                match jobs.recv_timeout(CLEAR_DELAY) {
+                    Ok(job) => job,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        self.commit_clears(&mut pending_clear);
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            };
+            let mut batch = Vec::with_capacity(16);
+            let mut flushes = Vec::new();
+            for job in std::iter::once(first).chain(std::iter::from_fn(|| jobs.try_recv().ok())) {
+                match job.op {
+                    WriteOp::ClearOutbox(ids) => {
+                        pending_clear.extend(ids);
+                        let _ = job.reply.send(Ok(Written::Cleared));
+                    }
+                    WriteOp::Flush => flushes.push(job.reply),
+                    _ => batch.push(job),
+                }
+                if batch.len() >= MAX_BATCH {
+                    break;
+                }
             }
-            let (outcomes, events) = self.commit_batch(&batch);
-            if events {
-                self.outbox.notify_one();
+            if batch.is_empty() {
+                if !flushes.is_empty() {
+                    self.commit_clears(&mut pending_clear);
+                }
+            } else {
+                let (outcomes, events, cleared) = self.commit_batch(&batch, &pending_clear);
+                if cleared {
+                    pending_clear.clear();
+                }
+                if events {
+                    self.outbox.notify_one();
+                }
+                for (job, outcome) in batch.into_iter().zip(outcomes) {
+                    let _ = job.reply.send(outcome);
+                }
             }
-            for (job, outcome) in batch.into_iter().zip(outcomes) {
-                let _ = job.reply.send(outcome);
+            for reply in flushes {
+                let _ = reply.send(Ok(Written::Cleared));
             }
             self.prune_if_due();
         }
+        self.commit_clears(&mut pending_clear);
         tracing::debug!("store writer stopped");
     }
 
-    /// Commits the batch; returns each job's outcome and whether any event
-    /// went into the outbox.
-    fn commit_batch(&mut self, batch: &[WriteJob]) -> (Vec<Result<Written, DomainError>>, bool) {
+    /// Commits the held-back outbox deletes on their own.
+    fn commit_clears(&mut self, pending: &mut Vec<i64>) {
+        if pending.is_empty() {
+            return;
+        }
+        let result = self.conn.transaction().and_then(|tx| {
+            delete_outbox(&tx, pending)?;
+            tx.commit()
+        });
+        match result {
+            Ok(()) => pending.clear(),
+            Err(e) => {
+                tracing::warn!(error = %e, "removing published events failed; they may be published again")
+            }
+        }
+    }
+
+    /// Commits the batch, with the held-back outbox deletes; returns each
+    /// job's outcome, whether any event went into the outbox, and whether
+    /// the deletes were committed.
+    fn commit_batch(
+        &mut self,
+        batch: &[WriteJob],
+        clears: &[i64],
+    ) -> (Vec<Result<Written, DomainError>>, bool, bool) {
         let all_failed = |e: rusqlite::Error| {
             tracing::error!(error = %e, writes = batch.len(), "database write transaction failed");
             (
                 batch.iter().map(|_| Err(DomainError::Storage)).collect(),
+                false,
                 false,
             )
         };
@@ -542,8 +644,15 @@ impl Writer {
             };
             outcomes.push(outcome);
         }
+        // Housekeeping rides along; if it fails the deletes wait for the
+        // next transaction and the writes still commit.
+        let cleared = !clears.is_empty()
+            && match tx.savepoint() {
+                Ok(sp) => delete_outbox(&sp, clears).is_ok() && sp.commit().is_ok(),
+                Err(_) => false,
+            };
         match tx.commit() {
-            Ok(()) => (outcomes, events),
+            Ok(()) => (outcomes, events, cleared),
             Err(e) => all_failed(e),
         }
     }
@@ -641,6 +750,14 @@ fn apply_job(conn: &Connection, job: &WriteJob, now: i64) -> Result<(Written, bo
     Ok((written, emitted))
 }
 
+fn delete_outbox(conn: &Connection, ids: &[i64]) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached("DELETE FROM event_outbox WHERE id = ?1")?;
+    for id in ids {
+        stmt.execute(params![id])?;
+    }
+    Ok(())
+}
+
 fn apply(conn: &Connection, op: &WriteOp) -> Result<Written, DomainError> {
     match op {
         WriteOp::Create(p) => {
@@ -687,15 +804,7 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<Written, DomainError> {
                 Ok(Written::Deleted(*id))
             }
         }
-        WriteOp::ClearOutbox(ids) => {
-            let mut stmt = conn
-                .prepare_cached("DELETE FROM event_outbox WHERE id = ?1")
-                .map_err(db_error)?;
-            for id in ids {
-                stmt.execute(params![id]).map_err(db_error)?;
-            }
-            Ok(Written::Cleared)
-        }
+        WriteOp::ClearOutbox(_) | WriteOp::Flush => Ok(Written::Cleared),
     }
 }
 
@@ -862,8 +971,23 @@ mod tests {
         assert_eq!(events[0].payload, serde_json::to_value(&p).unwrap());
         assert_eq!(events[0].context, ctx);
         assert_eq!(events[1].payload, serde_json::json!({"id": p.id}));
+        assert_eq!(
+            store.outbox_after(events[0].id, 10).await.unwrap(),
+            vec![events[1].clone()]
+        );
+        // Deleting a published event is deferred to the next write (or a
+        // flush), so that it costs no sync of its own.
         store.clear_outbox(vec![events[0].id]).await.unwrap();
+        assert_eq!(store.outbox(10).await.unwrap().len(), 2);
+        store.flush().await.unwrap();
         assert_eq!(store.outbox(10).await.unwrap(), vec![events[1].clone()]);
+        // Or it rides along with the next write transaction.
+        store.clear_outbox(vec![events[1].id]).await.unwrap();
+        store
+            .create(new("F", 4), WriteMeta::default())
+            .await
+            .unwrap();
+        assert!(store.outbox(10).await.unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -1,9 +1,9 @@
 //! `bench serve-person`: person-service's own library code (settings →
 //! `Application::build` → `run_until_stopped`, as its `main` does) in a
 //! child process of the bench, with one setting its command line lacks:
-//! `--transient` sets `Config::persistent = false` (delivery mode 1 for
-//! replies and events). Used for the transient mode, and when no release
-//! binary is at hand (`--person-host bench`).
+//! `--transient` sets `Config::persistent = false` (delivery mode 1 for the
+//! events it dispatches; replies follow the requests' mode anyway). Used
+//! when no release binary is at hand (`--person-host bench`).
 
 use clap::Args;
 use person_service::settings::LogFormat;
@@ -23,10 +23,13 @@ pub struct ServePerson {
     /// Service name.
     #[arg(long)]
     service_name: String,
-    /// Calls served at once (and the prefetch).
+    /// Calls served at once.
     #[arg(long, default_value_t = 10)]
     max_workers: u16,
-    /// Publish replies and events with delivery mode 1.
+    /// Requests held unacknowledged at once (0: max_workers).
+    #[arg(long, default_value_t = 0)]
+    prefetch: u16,
+    /// Publish events with delivery mode 1.
     #[arg(long)]
     transient: bool,
 }
@@ -44,6 +47,7 @@ pub fn serve_person(opts: ServePerson) -> ExitCode {
         let mut settings = Settings::new(&opts.amqp_uri, opts.db.clone());
         settings.service_name = opts.service_name.clone();
         settings.max_workers = opts.max_workers;
+        settings.prefetch = opts.prefetch;
         telemetry::init(LogFormat::Text);
         let mut config = match settings.rpc_config() {
             Ok(c) => c,

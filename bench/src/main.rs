@@ -154,9 +154,14 @@ struct RunArgs {
     /// People seeded for `get` [default: 10000; --quick 1000].
     #[arg(long)]
     seed_rows: Option<u64>,
-    /// max_workers of person-service and nameko, prefetch of the echo.
+    /// max_workers of person-service and nameko.
     #[arg(long, default_value_t = 10)]
     max_workers: u16,
+    /// Prefetch of person-service and of the echo [default: person-service's
+    /// own default]. nameko has no separate prefetch: its prefetch is its
+    /// max_workers.
+    #[arg(long)]
+    prefetch: Option<u16>,
     /// Python nameko side by side [default: auto; --quick off].
     #[arg(long, value_enum)]
     nameko: Option<NamekoArg>,
@@ -216,6 +221,7 @@ struct Plan {
     max_calls: u64,
     seed_rows: u64,
     max_workers: u16,
+    prefetch: u16,
     nameko: NamekoArg,
     nameko_venv: PathBuf,
     person_host: String,
@@ -306,6 +312,12 @@ fn plan(args: &RunArgs) -> Result<Plan, String> {
             .unwrap_or(if q { 1000 } else { 10_000 })
             .max(1),
         max_workers: args.max_workers.max(1),
+        prefetch: args.prefetch.filter(|p| *p > 0).unwrap_or(
+            match person_service::settings::DEFAULT_PREFETCH {
+                0 => args.max_workers.max(1),
+                p => p,
+            },
+        ),
         nameko: args
             .nameko
             .unwrap_or(if q { NamekoArg::Off } else { NamekoArg::Auto }),
@@ -413,6 +425,7 @@ enum Server {
     Person {
         persistent: bool,
         max_workers: u16,
+        prefetch: u16,
         rows: u64,
         /// `frame_max` asked by the service's connections (URI query).
         frame_max: Option<u32>,
@@ -525,22 +538,21 @@ impl Bench {
             Server::Person {
                 persistent,
                 max_workers,
+                prefetch,
                 frame_max,
                 ..
             } => {
-                // The binary has no flag for transient messages.
-                let host = if *persistent {
-                    plan.host.clone()
-                } else {
-                    PersonHost::Bench
-                };
+                // Replies are as persistent as the requests, so the binary
+                // serves the transient mode too (its events stay persistent;
+                // the bench has no event subscribers).
                 targets::person_service(
-                    &host,
+                    &plan.host,
                     &PersonSpec {
                         amqp_uri: &with_frame_max(&plan.amqp_uri, *frame_max),
                         db: &db,
                         name,
                         max_workers: *max_workers,
+                        prefetch: *prefetch,
                         persistent: *persistent,
                         log_filter: &plan.service_log,
                         env: &plan.service_env,
@@ -756,8 +768,8 @@ async fn run(plan: Plan) -> Result<(Results, Machine), String> {
         eprintln!("warning: load average {load:.2} before the run: other work competes for the CPUs (see the \"other CPU s\" column)");
     }
     eprintln!(
-        "phases: warm-up {} s, window {} s or {} calls; callers {:?}; {} seeded rows; max_workers/prefetch {}",
-        plan.warmup_s, plan.window_s, plan.max_calls, plan.callers, plan.seed_rows, plan.max_workers
+        "phases: warm-up {} s, window {} s or {} calls; callers {:?}; {} seeded rows; max_workers {}, prefetch {}",
+        plan.warmup_s, plan.window_s, plan.max_calls, plan.callers, plan.seed_rows, plan.max_workers, plan.prefetch
     );
     let bench = Bench {
         plan: plan.clone(),
@@ -789,7 +801,7 @@ async fn run(plan: Plan) -> Result<(Results, Machine), String> {
         let echo = Server::Echo {
             persistent,
             confirms: true,
-            prefetch: plan.max_workers,
+            prefetch: plan.prefetch,
             frame_max: None,
         };
         let label = format!("echo ceiling ({})", mode.label());
@@ -798,6 +810,7 @@ async fn run(plan: Plan) -> Result<(Results, Machine), String> {
         let person = Server::Person {
             persistent,
             max_workers: plan.max_workers,
+            prefetch: plan.prefetch,
             rows: plan.seed_rows,
             frame_max: None,
         };
@@ -828,6 +841,7 @@ async fn run(plan: Plan) -> Result<(Results, Machine), String> {
             let server = Server::Person {
                 persistent: true,
                 max_workers: plan.max_workers,
+                prefetch: plan.prefetch,
                 rows,
                 frame_max: None,
             };
@@ -861,12 +875,12 @@ async fn run(plan: Plan) -> Result<(Results, Machine), String> {
                     "transient"
                 },
                 if confirms { "on" } else { "off" },
-                plan.max_workers
+                plan.prefetch
             );
             let server = Server::Echo {
                 persistent,
                 confirms,
-                prefetch: plan.max_workers,
+                prefetch: plan.prefetch,
                 frame_max: None,
             };
             let served = bench
@@ -874,25 +888,28 @@ async fn run(plan: Plan) -> Result<(Results, Machine), String> {
                 .await?;
             push_sweep(&mut results, &variant, Target::Echo, served);
         }
-        for workers in [plan.max_workers, 64] {
-            let variant = format!("echo persistent, confirms on, prefetch {workers}");
-            if workers == plan.max_workers {
-                continue;
-            }
+        // nameko's rule, prefetch = max_workers, beside the prefetch in use.
+        let nameko_rule = plan.max_workers;
+        if nameko_rule != plan.prefetch {
+            let variant = format!("echo persistent, confirms on, prefetch {nameko_rule}");
             let server = Server::Echo {
                 persistent: true,
                 confirms: true,
-                prefetch: workers,
+                prefetch: nameko_rule,
                 frame_max: None,
             };
             let served = bench
                 .measure(&variant, &server, true, &[(Workload::Get, 64)])
                 .await?;
             push_sweep(&mut results, &variant, Target::Echo, served);
-            let variant = format!("person-service persistent, max_workers {workers}");
+            let variant = format!(
+                "person-service persistent, max_workers {}, prefetch {nameko_rule} (nameko's rule)",
+                plan.max_workers
+            );
             let server = Server::Person {
                 persistent: true,
-                max_workers: workers,
+                max_workers: plan.max_workers,
+                prefetch: nameko_rule,
                 rows: plan.seed_rows,
                 frame_max: None,
             };
@@ -913,12 +930,12 @@ async fn run(plan: Plan) -> Result<(Results, Machine), String> {
         let frame_max = 16_384;
         let variant = format!(
             "echo persistent, confirms on, prefetch {}, frame_max {frame_max}",
-            plan.max_workers
+            plan.prefetch
         );
         let server = Server::Echo {
             persistent: true,
             confirms: true,
-            prefetch: plan.max_workers,
+            prefetch: plan.prefetch,
             frame_max: Some(frame_max),
         };
         let served = bench
@@ -926,12 +943,13 @@ async fn run(plan: Plan) -> Result<(Results, Machine), String> {
             .await?;
         push_sweep(&mut results, &variant, Target::Echo, served);
         let variant = format!(
-            "person-service persistent, max_workers {}, frame_max {frame_max}",
-            plan.max_workers
+            "person-service persistent, prefetch {}, frame_max {frame_max}",
+            plan.prefetch
         );
         let server = Server::Person {
             persistent: true,
             max_workers: plan.max_workers,
+            prefetch: plan.prefetch,
             rows: plan.seed_rows,
             frame_max: Some(frame_max),
         };
@@ -981,8 +999,8 @@ fn print_report(plan: &Plan, machine: &Machine, results: &Results) {
         report::fmt_opt(procstat::load_average(), 2)
     );
     println!(
-        "person-service: {} | max_workers (= prefetch) {} | {} seeded rows | warm-up {} s, window {} s or {} calls per phase",
-        plan.person_host, plan.max_workers, plan.seed_rows, plan.warmup_s, plan.window_s, plan.max_calls
+        "person-service: {} | max_workers {}, prefetch {} | {} seeded rows | warm-up {} s, window {} s or {} calls per phase",
+        plan.person_host, plan.max_workers, plan.prefetch, plan.seed_rows, plan.warmup_s, plan.window_s, plan.max_calls
     );
     if !plan.service_env.is_empty() || plan.service_log != "info" {
         println!(
@@ -996,7 +1014,7 @@ fn print_report(plan: &Plan, machine: &Machine, results: &Results) {
             "## {} requests and replies (delivery mode {}), publisher confirms, prefetch {}",
             mode.label(),
             if mode == Mode::Persistent { 2 } else { 1 },
-            plan.max_workers
+            plan.prefetch
         );
         if i == 0 && results.rows.iter().any(|r| r.target == Target::Nameko) {
             println!("(nameko with its own settings: persistent requests and replies, confirms, max_workers {})", plan.max_workers);

@@ -174,8 +174,10 @@ pub struct PersonSpec<'a> {
     pub db: &'a Path,
     /// Service name (queue `rpc-{name}`).
     pub name: &'a str,
-    /// `--max-workers` (also the prefetch).
+    /// `--max-workers`.
     pub max_workers: u16,
+    /// `--prefetch`.
+    pub prefetch: u16,
     /// Persistent messages.
     pub persistent: bool,
     /// `RUST_LOG` of the child.
@@ -192,7 +194,10 @@ pub fn person_service(
 ) -> Result<Proc, String> {
     let db = spec.db.to_string_lossy().into_owned();
     let workers = spec.max_workers.to_string();
+    let prefetch = spec.prefetch.to_string();
     let common = [
+        "--prefetch",
+        &prefetch,
         "--amqp-uri",
         spec.amqp_uri,
         "--db",
@@ -204,12 +209,8 @@ pub fn person_service(
     ];
     let mut cmd = match host {
         PersonHost::Binary(path) => {
-            if !spec.persistent {
-                return Err(
-                    "the person-service binary has no flag for transient messages; use --person-host bench"
-                        .into(),
-                );
-            }
+            // Replies follow the requests' delivery mode; the binary's
+            // events stay persistent in either mode.
             let mut cmd = Command::new(path);
             cmd.args(common);
             cmd

@@ -321,6 +321,42 @@ fn json_errors_only(response: Response) -> Response {
     ApiError::new(status, code, message).into_response()
 }
 
+/// How much of an oversize body is read and thrown away before the 413 is
+/// sent. Answering while the client is still sending makes the server close
+/// the connection under it, and most clients then report a broken pipe
+/// instead of the 413; past this much, protecting the server wins.
+const DRAIN_LIMIT: usize = 1 << 20;
+
+enum BodyError {
+    TooLarge,
+    Broken(String),
+}
+
+/// Reads a body of at most `limit` bytes; a longer one is drained (up to
+/// [`DRAIN_LIMIT`] more) and refused.
+async fn read_limited(body: Body, limit: usize) -> Result<Vec<u8>, BodyError> {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut kept = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| BodyError::Broken(e.to_string()))?;
+        if let Some(data) = frame.data_ref() {
+            seen = seen.saturating_add(data.len());
+            if seen <= limit {
+                kept.extend_from_slice(data);
+            } else if seen > limit.saturating_add(DRAIN_LIMIT) {
+                return Err(BodyError::TooLarge);
+            }
+        }
+    }
+    if seen > limit {
+        Err(BodyError::TooLarge)
+    } else {
+        Ok(kept)
+    }
+}
+
 /// One input field: text from a form or query string, or a JSON value.
 enum Field {
     Text(String),
@@ -387,12 +423,17 @@ impl Fields {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<usize>().ok());
-        if declared.is_some_and(|n| n > limit) {
+        if declared.is_some_and(|n| n > limit.saturating_add(DRAIN_LIMIT)) {
             return Err(too_large());
         }
-        let bytes = axum::body::to_bytes(body, limit)
-            .await
-            .map_err(|_| too_large())?;
+        let bytes = read_limited(body, limit).await.map_err(|e| match e {
+            BodyError::TooLarge => too_large(),
+            BodyError::Broken(why) => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("the body could not be read: {why}"),
+            ),
+        })?;
         if form {
             let pairs =
                 serde_urlencoded::from_bytes::<Vec<(String, String)>>(&bytes).map_err(|e| {

@@ -192,10 +192,17 @@ impl Context {
         event_type: &str,
         data: &T,
     ) -> Result<(), DispatchError> {
+        let data =
+            serde_json::to_value(data).map_err(|e| DispatchError::Serialize(e.to_string()))?;
         let events = self.runtime().events().await?;
-        let headers = crate::events::context_headers(self.call_id_stack(), self.data());
         events
-            .publish(self.service_name(), event_type, data, headers)
+            .dispatch_one(crate::events::OutgoingEvent {
+                source_service: self.service_name().to_owned(),
+                event_type: event_type.to_owned(),
+                data,
+                call_id_stack: self.call_id_stack().to_vec(),
+                context: self.data().clone(),
+            })
             .await
     }
 

@@ -108,65 +108,26 @@ impl EventDispatcher {
         event_type: &str,
         data: &T,
     ) -> Result<(), DispatchError> {
-        self.publish(source_service, event_type, data, FieldTable::default())
-            .await
+        let data =
+            serde_json::to_value(data).map_err(|e| DispatchError::Serialize(e.to_string()))?;
+        self.dispatch_one(OutgoingEvent {
+            source_service: source_service.to_owned(),
+            event_type: event_type.to_owned(),
+            data,
+            call_id_stack: Vec::new(),
+            context: BTreeMap::new(),
+        })
+        .await
     }
 
-    pub(crate) async fn publish<T: Serialize + ?Sized>(
-        &self,
-        source_service: &str,
-        event_type: &str,
-        data: &T,
-        headers: FieldTable,
-    ) -> Result<(), DispatchError> {
-        let exchange = wire::short_string(&wire::events_exchange(source_service))?;
-        let routing_key = wire::short_string(event_type)?;
-        let body = wire::json::to_vec(data).map_err(|e| DispatchError::Serialize(e.to_string()))?;
-        let config = &self.link.config;
-        let deadline = crate::proxy::deadline_after(config.rpc_timeout);
-        let session = match tokio::time::timeout_at(deadline, self.link.session()).await {
-            Ok(Ok(session)) => session,
-            Ok(Err(())) => return Err(DispatchError::Closed),
-            Err(_) => {
-                return Err(DispatchError::NotConnected(
-                    self.link
-                        .down_reason()
-                        .unwrap_or_else(|| "timed out".into()),
-                ))
-            }
-        };
-        let failed = |e: lapin::Error| DispatchError::Publish(e.to_string());
-        let publish = async {
-            session
-                .ensure_topic_exchange(&exchange)
-                .await
-                .map_err(failed)?;
-            session
-                .channel
-                .basic_publish(
-                    exchange.clone(),
-                    routing_key,
-                    BasicPublishOptions::default(),
-                    &body,
-                    wire::event_properties(headers, config.delivery_mode()),
-                )
-                .await
-                .map_err(failed)?
-                .await
-                .map_err(failed)
-        };
-        match tokio::time::timeout_at(deadline, publish).await {
-            Err(_) => Err(DispatchError::Publish(
-                "no confirm within the timeout".into(),
-            )),
-            Ok(Err(e)) => Err(e),
-            Ok(Ok(Confirmation::Nack(_))) => {
-                Err(DispatchError::Publish("the broker nacked the event".into()))
-            }
-            Ok(Ok(_)) => {
-                tracing::debug!(source = source_service, event_type, "event dispatched");
+    /// Publishes one event and waits for its confirm.
+    pub(crate) async fn dispatch_one(&self, event: OutgoingEvent) -> Result<(), DispatchError> {
+        match self.dispatch_batch(std::slice::from_ref(&event)).await? {
+            1 => {
+                tracing::debug!(source = %event.source_service, event_type = %event.event_type, "event dispatched");
                 Ok(())
             }
+            _ => Err(DispatchError::Publish("the broker nacked the event".into())),
         }
     }
 

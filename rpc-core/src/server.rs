@@ -541,27 +541,20 @@ impl Service {
         if !self.def.methods.is_empty() {
             let queue = wire::rpc_queue(name);
             declare_exchange(&consume, &config.rpc_exchange, "declaring the RPC exchange").await?;
-            consume
-                .queue_declare(
-                    queue.as_str().into(),
-                    QueueDeclareOptions {
-                        durable: true,
-                        ..QueueDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(SetupError::from_lapin("declaring the service queue"))?;
-            consume
-                .queue_bind(
-                    queue.as_str().into(),
-                    config.rpc_exchange.as_str().into(),
-                    wire::rpc_binding_key(name).as_str().into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(SetupError::from_lapin("binding the service queue"))?;
+            let options = QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            };
+            let binding = (config.rpc_exchange.as_str(), wire::rpc_binding_key(name));
+            declare_bound_queue(
+                &consume,
+                &queue,
+                options,
+                binding.0,
+                &binding.1,
+                "the service queue",
+            )
+            .await?;
             let consumer = start_consumer(&consume, &queue, name).await?;
             consumers.push((Entry::Rpc, consumer));
         }
@@ -578,29 +571,21 @@ impl Service {
                 })?;
             }
             declare_exchange(&consume, &exchange, "declaring an events exchange").await?;
-            consume
-                .queue_declare(
-                    spec.name.as_str().into(),
-                    QueueDeclareOptions {
-                        durable: spec.durable,
-                        exclusive: spec.exclusive,
-                        auto_delete: spec.auto_delete,
-                        ..QueueDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(SetupError::from_lapin("declaring an event handler queue"))?;
-            consume
-                .queue_bind(
-                    spec.name.as_str().into(),
-                    exchange.as_str().into(),
-                    handler.event_type.as_str().into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(SetupError::from_lapin("binding an event handler queue"))?;
+            let options = QueueDeclareOptions {
+                durable: spec.durable,
+                exclusive: spec.exclusive,
+                auto_delete: spec.auto_delete,
+                ..QueueDeclareOptions::default()
+            };
+            declare_bound_queue(
+                &consume,
+                &spec.name,
+                options,
+                &exchange,
+                &handler.event_type,
+                "an event handler queue",
+            )
+            .await?;
             let consumer = start_consumer(&consume, &spec.name, name).await?;
             consumers.push((Entry::Event(i), consumer));
         }
@@ -748,6 +733,31 @@ async fn declare_exchange(
                 durable: true,
                 ..ExchangeDeclareOptions::default()
             },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(SetupError::from_lapin(what))
+}
+
+/// Declares a queue with nameko's flags and binds it.
+async fn declare_bound_queue(
+    channel: &Channel,
+    queue: &str,
+    options: QueueDeclareOptions,
+    exchange: &str,
+    routing_key: &str,
+    what: &'static str,
+) -> Result<(), SetupError> {
+    channel
+        .queue_declare(queue.into(), options, FieldTable::default())
+        .await
+        .map_err(SetupError::from_lapin(what))?;
+    channel
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            routing_key.into(),
+            QueueBindOptions::default(),
             FieldTable::default(),
         )
         .await

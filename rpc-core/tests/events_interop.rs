@@ -6,11 +6,11 @@
 mod common;
 
 use rpc_core::{
-    json, Args, CallError, Config, Context, EventDispatcher, EventHandlerOptions, RpcError,
-    RpcProxy, Service, ServiceHandle, Signature, Value,
+    json, Args, Config, Context, EventDispatcher, EventHandlerOptions, RpcError, RpcProxy, Service,
+    ServiceHandle, Signature, Value,
 };
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use test_support::nameko::NamekoRun;
 use test_support::{unique_name, Cleanup};
 use tokio::sync::mpsc;
@@ -37,27 +37,6 @@ async fn recorder(config: &Config) -> (String, ServiceHandle, Records) {
         .spawn(config.clone());
     handle.ready().await.unwrap();
     (name, handle, rx)
-}
-
-async fn wait_for_python(p: &RpcProxy, service: &str, run: &mut NamekoRun) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let quick = p.with_timeout(Duration::from_secs(2));
-    loop {
-        assert!(
-            run.is_running(),
-            "nameko run exited; rerun with NAMEKO_LOG=1 to see why"
-        );
-        match quick.call(service, "ping", Args::new()).await {
-            Ok(_) => return,
-            Err(CallError::UnknownService(_)) | Err(CallError::Timeout { .. }) => {}
-            Err(e) => panic!("ping failed: {e}"),
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the Python service did not come up within 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 async fn next(rx: &mut Records) -> (String, Value, Vec<String>) {
@@ -96,7 +75,7 @@ async fn python_handlers_of_each_type_receive_rust_events() {
         ],
     );
     let proxy = RpcProxy::connect(config.clone()).await.unwrap();
-    wait_for_python(&proxy, &py, &mut run).await;
+    common::wait_for_python(&proxy, &py, &mut run).await;
 
     // A standalone dispatch reaches each Python handler type once.
     let events = EventDispatcher::connect(config.clone()).await.unwrap();
@@ -171,7 +150,7 @@ async fn rust_handlers_of_each_type_receive_python_events() {
         ],
     );
     let proxy = RpcProxy::connect(config.clone()).await.unwrap();
-    wait_for_python(&proxy, &py, &mut run).await;
+    common::wait_for_python(&proxy, &py, &mut run).await;
 
     let (tx, mut seen) = mpsc::unbounded_channel();
     let mut builder = Service::builder(&rust);

@@ -5,10 +5,10 @@
 mod common;
 
 use common::{config, proxy, start_calc, Probe};
-use rpc_core::{json, Args, CallError, RpcProxy, Value};
+use rpc_core::{json, Args, CallError, Value};
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+
 use test_support::nameko::NamekoRun;
 
 fn python_dir() -> &'static Path {
@@ -17,27 +17,6 @@ fn python_dir() -> &'static Path {
 
 /// Waits until a Python service answers `ping` (its queue exists and it
 /// consumes), failing after 60 s.
-async fn wait_for_python(p: &RpcProxy, service: &str, run: &mut NamekoRun) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let quick = p.with_timeout(Duration::from_secs(2));
-    loop {
-        assert!(
-            run.is_running(),
-            "nameko run exited; rerun with NAMEKO_LOG=1 to see why"
-        );
-        match quick.call(service, "ping", Args::new()).await {
-            Ok(v) if v == json!("pong") => return,
-            Ok(other) => panic!("unexpected ping answer {other}"),
-            Err(CallError::UnknownService(_)) | Err(CallError::Timeout { .. }) => {}
-            Err(e) => panic!("ping failed: {e}"),
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the Python service did not come up within 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_cluster_rpc_proxy_calls_a_rust_service() {
@@ -133,7 +112,7 @@ async fn rust_proxy_calls_a_python_service_which_calls_back() {
         ],
     );
     let p = proxy(&config).await;
-    wait_for_python(&p, &py_name, &mut run).await;
+    common::wait_for_python(&p, &py_name, &mut run).await;
 
     assert_eq!(
         p.call(&py_name, "add", Args::new().arg(2).arg(40))

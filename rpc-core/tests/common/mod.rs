@@ -159,6 +159,34 @@ impl Running {
     }
 }
 
+/// Waits until a Python nameko service answers `ping` (its queues exist and
+/// it consumes), failing after 60 s or if `nameko run` exits.
+pub async fn wait_for_python(
+    p: &RpcProxy,
+    service: &str,
+    run: &mut test_support::nameko::NamekoRun,
+) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let quick = p.with_timeout(Duration::from_secs(2));
+    loop {
+        assert!(
+            run.is_running(),
+            "nameko run exited; rerun with NAMEKO_LOG=1 to see why"
+        );
+        match quick.call(service, "ping", rpc_core::Args::new()).await {
+            Ok(_) => return,
+            Err(rpc_core::CallError::UnknownService(_))
+            | Err(rpc_core::CallError::Timeout { .. }) => {}
+            Err(e) => panic!("ping failed: {e}"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the Python service did not come up within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 pub async fn proxy(config: &Config) -> RpcProxy {
     RpcProxy::connect(config.clone())
         .await

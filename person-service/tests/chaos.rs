@@ -79,6 +79,7 @@ async fn everything_recovers_from_a_broker_restart() {
     let checker = unique_name("test_service_chaos");
     let mut cleanup = Cleanup::new()
         .service(&name)
+        .service(&checker)
         .exchange(&format!("{name}.events"));
     for event in ["person_created", "person_updated", "person_deleted"] {
         cleanup.add_queue(&format!("evt-{name}-{event}--{checker}.on_{event}"));

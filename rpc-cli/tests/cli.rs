@@ -3,6 +3,7 @@
 //! usage errors, each with its exit status.
 
 use rpc_core::{json, Config, Context, RpcError, Service, ServiceHandle, Signature, Value};
+use test_support::output::Output;
 use test_support::Cleanup;
 
 fn sample_service(name: &str) -> Service {
@@ -72,22 +73,6 @@ impl Running {
     }
 }
 
-struct Output {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl std::fmt::Display for Output {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
-
 /// Runs `rpc` with `AMQP_URI` set to `uri` (so the flag is also tested as
 /// an environment variable) and the given arguments.
 async fn rpc(uri: &str, args: &[&str]) -> Output {
@@ -99,11 +84,7 @@ async fn rpc(uri: &str, args: &[&str]) -> Output {
         .output()
         .await
         .expect("the binary runs");
-    Output {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+    Output::from(output)
 }
 
 fn json_of(out: &Output) -> Value {

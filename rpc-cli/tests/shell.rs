@@ -11,6 +11,7 @@ use rpc_core::{
 };
 use std::process::Stdio;
 use std::time::Duration;
+use test_support::output::Output;
 use test_support::Cleanup;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
@@ -94,30 +95,12 @@ impl Running {
     }
 }
 
-struct Output {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl std::fmt::Display for Output {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
-
-impl Output {
-    /// stdout as a stream of JSON documents.
-    fn documents(&self) -> Vec<Value> {
-        serde_json::Deserializer::from_str(&self.stdout)
-            .into_iter::<Value>()
-            .collect::<Result<_, _>>()
-            .unwrap_or_else(|e| panic!("stdout is not JSON documents ({e}):\n{self}"))
-    }
+/// `out`'s stdout as a stream of JSON documents.
+fn documents(out: &Output) -> Vec<Value> {
+    serde_json::Deserializer::from_str(&out.stdout)
+        .into_iter::<Value>()
+        .collect::<Result<_, _>>()
+        .unwrap_or_else(|e| panic!("stdout is not JSON documents ({e}):\n{out}"))
 }
 
 /// Runs `rpc ARGS…` with `script` on its stdin (a pipe, so not a terminal)
@@ -147,11 +130,7 @@ async fn rpc_env(env: &[(&str, &str)], args: &[&str], script: &str) -> Output {
         .await
         .expect("rpc shell ends within 60 s")
         .expect("the binary runs");
-    Output {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+    Output::from(output)
 }
 
 /// `rpc shell ARGS…` with `AMQP_URI` set to `uri`.
@@ -199,7 +178,7 @@ async fn calls_with_json_and_python_arguments() {
     assert_eq!(out.code, Some(0), "{out}");
     assert!(out.stdout.lines().count() > 2, "indented: {out}");
     assert_eq!(
-        out.documents(),
+        documents(&out),
         [json!({"args": {"a": 1}, "kwargs": {}}), json!("Hello, x")]
     );
     svc.stop().await;
@@ -272,7 +251,7 @@ async fn context_reaches_the_service() {
     );
     let out = shell(&svc.uri, &["--compact", "--context", "tenant=7"], &script).await;
     assert_eq!(out.code, Some(0), "{out}");
-    let docs = out.documents();
+    let docs = documents(&out);
     assert_eq!(docs.len(), 3, "{out}");
     assert_eq!(docs[0]["tenant"], json!(7), "{out}");
     assert_eq!(docs[0].get("user_id"), None, "{out}");

@@ -5,18 +5,17 @@
 
 mod common;
 
-use common::config;
+use common::{config, emitter};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use rpc_core::{
-    json, Args, Config, Context, EventDispatcher, EventHandlerOptions, RpcError, RpcProxy, Service,
-    ServiceHandle, Signature, Value,
+    json, Args, Config, Context, EventDispatcher, EventHandlerOptions, RpcProxy, Service,
+    ServiceHandle, Value,
 };
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use test_support::raw::queue_depth;
 use test_support::{unique_name, Cleanup};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 type Seen = mpsc::UnboundedReceiver<(String, Value, Vec<String>)>;
 
@@ -87,19 +86,7 @@ async fn dispatch_from_a_handler_carries_the_context() {
         &config,
     )
     .await;
-    let mut emitter = Service::builder(&source)
-        .method(
-            "emit",
-            Signature::new().param("data"),
-            |ctx: Context, (data,): (Value,)| async move {
-                ctx.dispatch("ping", &data)
-                    .await
-                    .map_err(|e| RpcError::internal(e.to_string()))?;
-                Ok::<_, RpcError>(ctx.call_id().to_owned())
-            },
-        )
-        .build()
-        .spawn(config.clone());
+    let mut emitter = emitter(&source).spawn(config.clone());
     emitter.ready().await.unwrap();
 
     let mut data = std::collections::BTreeMap::new();
@@ -275,16 +262,18 @@ async fn a_reliable_broadcast_without_identifier_is_refused() {
     assert!(err.contains("broadcast"), "{err}");
 }
 
-/// A service whose handler fails while `fail_while(attempt)` holds.
+type Attempts = watch::Receiver<Vec<Instant>>;
+
+/// A service whose handler fails while `fail_while(attempt)` holds, and the
+/// time of each attempt so far.
 async fn failing(
     name: &str,
     source: &str,
     options: EventHandlerOptions,
     fail_while: fn(usize) -> bool,
     config: &Config,
-) -> (ServiceHandle, Arc<Mutex<Vec<Instant>>>) {
-    let attempts = Arc::new(Mutex::new(Vec::new()));
-    let seen = attempts.clone();
+) -> (ServiceHandle, Attempts) {
+    let (seen, attempts) = watch::channel(Vec::new());
     let mut handle = Service::builder(name)
         .event_handler(
             "on_event",
@@ -294,11 +283,11 @@ async fn failing(
             move |_ctx: Context, _data: u32| {
                 let seen = seen.clone();
                 async move {
-                    let n = {
-                        let mut a = seen.lock().unwrap();
+                    let mut n = 0;
+                    seen.send_modify(|a| {
                         a.push(Instant::now());
-                        a.len()
-                    };
+                        n = a.len();
+                    });
                     if fail_while(n) {
                         Err(format!("attempt {n} fails"))
                     } else {
@@ -313,16 +302,12 @@ async fn failing(
     (handle, attempts)
 }
 
-async fn wait_for_attempts(attempts: &Arc<Mutex<Vec<Instant>>>, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while attempts.lock().unwrap().len() < n {
-        assert!(
-            Instant::now() < deadline,
-            "only {} attempts",
-            attempts.lock().unwrap().len()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+async fn wait_for_attempts(attempts: &mut Attempts, n: usize) {
+    let reached =
+        tokio::time::timeout(Duration::from_secs(15), attempts.wait_for(|a| a.len() >= n))
+            .await
+            .is_ok_and(|r| r.is_ok());
+    assert!(reached, "only {} attempts", attempts.borrow().len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -339,11 +324,12 @@ async fn requeue_on_error_retries_with_a_back_off_not_a_tight_loop() {
         .retry_delay(Duration::from_millis(100), Duration::from_millis(400));
 
     // Fails twice, then succeeds: the event is redelivered until handled.
-    let (handle, attempts) = failing(&name, &source, options.clone(), |n| n <= 2, &config).await;
+    let (handle, mut attempts) =
+        failing(&name, &source, options.clone(), |n| n <= 2, &config).await;
     let events = EventDispatcher::connect(config.clone()).await.unwrap();
     events.dispatch(&source, "work", &7).await.unwrap();
-    wait_for_attempts(&attempts, 3).await;
-    let times = attempts.lock().unwrap().clone();
+    wait_for_attempts(&mut attempts, 3).await;
+    let times = attempts.borrow().clone();
     assert!(
         times[1] - times[0] >= Duration::from_millis(100),
         "first retry too soon"
@@ -357,11 +343,11 @@ async fn requeue_on_error_retries_with_a_back_off_not_a_tight_loop() {
 
     // Always fails: over a second it is tried a handful of times, where
     // nameko's immediate requeue would run it thousands of times.
-    let (handle, attempts) = failing(&name, &source, options, |_| true, &config).await;
+    let (handle, mut attempts) = failing(&name, &source, options, |_| true, &config).await;
     events.dispatch(&source, "work", &8).await.unwrap();
-    wait_for_attempts(&attempts, 1).await;
+    wait_for_attempts(&mut attempts, 1).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let n = attempts.lock().unwrap().len();
+    let n = attempts.borrow().len();
     assert!((2..=6).contains(&n), "{n} attempts in about a second");
     // Stopping does not lose it: it goes back to the queue.
     handle.shutdown().await.unwrap();
@@ -378,7 +364,7 @@ async fn failures_without_requeue_and_undecodable_events_are_dropped() {
     let _cleanup = Cleanup::new()
         .queue(&queue)
         .exchange(&format!("{source}.events"));
-    let (handle, attempts) = failing(
+    let (handle, mut attempts) = failing(
         &name,
         &source,
         EventHandlerOptions::service_pool(),
@@ -388,13 +374,13 @@ async fn failures_without_requeue_and_undecodable_events_are_dropped() {
     .await;
     let events = EventDispatcher::connect(config.clone()).await.unwrap();
     events.dispatch(&source, "work", &1).await.unwrap();
-    wait_for_attempts(&attempts, 1).await;
+    wait_for_attempts(&mut attempts, 1).await;
     handle.shutdown().await.unwrap();
-    assert_eq!(attempts.lock().unwrap().len(), 1);
+    assert_eq!(attempts.borrow().len(), 1);
     assert_eq!(queue_depth(&queue).await, 0);
 
     // Data that is not a u32 can never be handled: dropped even with requeue.
-    let (handle, attempts) = failing(
+    let (handle, mut attempts) = failing(
         &name,
         &source,
         EventHandlerOptions::service_pool().requeue_on_error(true),
@@ -407,10 +393,10 @@ async fn failures_without_requeue_and_undecodable_events_are_dropped() {
         .await
         .unwrap();
     events.dispatch(&source, "work", &5).await.unwrap();
-    wait_for_attempts(&attempts, 1).await;
+    wait_for_attempts(&mut attempts, 1).await;
     handle.shutdown().await.unwrap();
     assert_eq!(
-        attempts.lock().unwrap().len(),
+        attempts.borrow().len(),
         1,
         "only the valid event reached the handler"
     );
@@ -437,12 +423,7 @@ async fn declarations_match_nameko_flags() {
         &config,
     )
     .await;
-    let conn = lapin::Connection::connect(
-        &test_support::broker_uri(),
-        lapin::ConnectionProperties::default(),
-    )
-    .await
-    .unwrap();
+    let conn = test_support::raw::connect().await;
     let ch = conn.create_channel().await.unwrap();
     ch.exchange_declare(
         format!("{source}.events").as_str().into(),

@@ -5,11 +5,11 @@
 
 mod common;
 
+use common::{emitter, python_dir, wait_for_python};
 use rpc_core::{
     json, Args, Config, Context, EventDispatcher, EventHandlerOptions, RpcError, RpcProxy, Service,
     ServiceHandle, Signature, Value,
 };
-use std::path::Path;
 use std::time::Duration;
 use test_support::nameko::NamekoRun;
 use test_support::{unique_name, Cleanup};
@@ -46,8 +46,22 @@ async fn next(rx: &mut Records) -> (String, Value, Vec<String>) {
         .expect("recorder alive")
 }
 
-fn python_dir() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python"))
+/// `py_events` (tests/python) running as the Python service `py`, handling
+/// `source`'s `ping` events with one handler of each type and reporting
+/// them to `recorder`; returns once it answers.
+async fn start_py_events(proxy: &RpcProxy, py: &str, source: &str, recorder: &str) -> NamekoRun {
+    let mut run = NamekoRun::start(
+        python_dir(),
+        "py_events",
+        &test_support::broker_uri(),
+        &[
+            ("PY_SERVICE_NAME", py),
+            ("SOURCE", source),
+            ("RECORDER", recorder),
+        ],
+    );
+    wait_for_python(proxy, py, &mut run).await;
+    run
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,18 +78,8 @@ async fn python_handlers_of_each_type_receive_rust_events() {
         .queue(&format!("evt-{source}-ping"))
         .exchange(&format!("{source}.events"))
         .exchange(&format!("{py}.events"));
-    let mut run = NamekoRun::start(
-        python_dir(),
-        "py_events",
-        &test_support::broker_uri(),
-        &[
-            ("PY_SERVICE_NAME", py.as_str()),
-            ("SOURCE", source.as_str()),
-            ("RECORDER", recorder_name.as_str()),
-        ],
-    );
     let proxy = RpcProxy::connect(config.clone()).await.unwrap();
-    common::wait_for_python(&proxy, &py, &mut run).await;
+    let mut run = start_py_events(&proxy, &py, &source, &recorder_name).await;
 
     // A standalone dispatch reaches each Python handler type once.
     let events = EventDispatcher::connect(config.clone()).await.unwrap();
@@ -93,21 +97,12 @@ async fn python_handlers_of_each_type_receive_rust_events() {
     assert_eq!(kinds, vec!["broadcast", "service_pool", "singleton"]);
 
     // Dispatched from a Rust handler, the event carries its call-id stack.
-    let mut emitter = Service::builder(&source)
-        .method(
-            "emit",
-            Signature::new(),
-            |ctx: Context, (): ()| async move {
-                ctx.dispatch("ping", &json!({"n": 2}))
-                    .await
-                    .map_err(|e| RpcError::internal(e.to_string()))?;
-                Ok::<_, RpcError>(ctx.call_id().to_owned())
-            },
-        )
-        .build()
-        .spawn(config.clone());
+    let mut emitter = emitter(&source).spawn(config.clone());
     emitter.ready().await.unwrap();
-    let emitter_id = proxy.call(&source, "emit", Args::new()).await.unwrap();
+    let emitter_id = proxy
+        .call(&source, "emit", Args::new().arg(json!({"n": 2})))
+        .await
+        .unwrap();
     for _ in 0..3 {
         let (_, data, stack) = next(&mut records).await;
         assert_eq!(data, json!({"n": 2}));
@@ -139,18 +134,8 @@ async fn rust_handlers_of_each_type_receive_python_events() {
         .queue(&format!("evt-{py}-pong"))
         .exchange(&format!("{source}.events"))
         .exchange(&format!("{py}.events"));
-    let mut run = NamekoRun::start(
-        python_dir(),
-        "py_events",
-        &test_support::broker_uri(),
-        &[
-            ("PY_SERVICE_NAME", py.as_str()),
-            ("SOURCE", source.as_str()),
-            ("RECORDER", recorder_name.as_str()),
-        ],
-    );
     let proxy = RpcProxy::connect(config.clone()).await.unwrap();
-    common::wait_for_python(&proxy, &py, &mut run).await;
+    let mut run = start_py_events(&proxy, &py, &source, &recorder_name).await;
 
     let (tx, mut seen) = mpsc::unbounded_channel();
     let mut builder = Service::builder(&rust);

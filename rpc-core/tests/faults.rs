@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{calc_service, Probe};
+use common::{add, calc_service, Probe};
 use rpc_core::{json, Args, CallError, Config, RpcProxy, ServiceHandle, ServiceStatus};
 use std::time::{Duration, Instant};
 use test_support::faulty::FaultyProxy;
@@ -21,11 +21,12 @@ fn config_via(uri: &str) -> Config {
     config
 }
 
-async fn start(name: &str, config: &Config) -> (ServiceHandle, Probe) {
+/// The calc service on `name`, once it consumes.
+async fn start(name: &str, config: &Config) -> ServiceHandle {
     let (probe, _) = Probe::new();
-    let mut handle = calc_service(name, probe.clone()).spawn(config.clone());
+    let mut handle = calc_service(name, probe).spawn(config.clone());
     handle.ready().await.unwrap();
-    (handle, probe)
+    handle
 }
 
 /// Waits until the service's status satisfies `want`.
@@ -63,17 +64,12 @@ async fn a_cut_proxy_connection_fails_calls_in_flight_at_once_then_recovers() {
     let uri = test_support::require_broker();
     let name = unique_name("calc-cut");
     let _cleanup = Cleanup::new().service(&name);
-    let (svc, _) = start(&name, &config_via(&uri)).await;
+    let svc = start(&name, &config_via(&uri)).await;
     let faulty = FaultyProxy::in_front_of(&uri).await;
     let p = RpcProxy::connect(config_via(&faulty.uri(&uri)))
         .await
         .unwrap();
-    assert_eq!(
-        p.call(&name, "add", Args::new().arg(1).arg(2))
-            .await
-            .unwrap(),
-        json!(3)
-    );
+    assert_eq!(add(&p, &name, 1, 2).await, json!(3));
 
     let slow = p
         .call_async(&name, "slow", Args::new().arg("x").arg(3000))
@@ -107,17 +103,12 @@ async fn a_silent_partition_is_caught_by_missed_heartbeats() {
     let uri = test_support::require_broker();
     let name = unique_name("calc-hb");
     let _cleanup = Cleanup::new().service(&name);
-    let (svc, _) = start(&name, &config_via(&uri)).await;
+    let svc = start(&name, &config_via(&uri)).await;
     let faulty = FaultyProxy::in_front_of(&uri).await;
     let mut cfg = config_via(&faulty.uri(&uri));
     cfg.heartbeat = 1;
     let p = RpcProxy::connect(cfg).await.unwrap();
-    assert_eq!(
-        p.call(&name, "add", Args::new().arg(2).arg(2))
-            .await
-            .unwrap(),
-        json!(4)
-    );
+    assert_eq!(add(&p, &name, 2, 2).await, json!(4));
 
     let pending = p
         .call_async(&name, "slow", Args::new().arg("y").arg(100))
@@ -149,14 +140,9 @@ async fn a_service_reconnects_redeclares_and_answers_what_it_held() {
     let name = unique_name("calc-svc-cut");
     let _cleanup = Cleanup::new().service(&name);
     let faulty = FaultyProxy::in_front_of(&uri).await;
-    let (svc, _) = start(&name, &config_via(&faulty.uri(&uri))).await;
+    let svc = start(&name, &config_via(&faulty.uri(&uri))).await;
     let p = RpcProxy::connect(config_via(&uri)).await.unwrap();
-    assert_eq!(
-        p.call(&name, "add", Args::new().arg(1).arg(1))
-            .await
-            .unwrap(),
-        json!(2)
-    );
+    assert_eq!(add(&p, &name, 1, 1).await, json!(2));
 
     // A request the service holds unacked when its connection dies is
     // redelivered and answered after the reconnect.
@@ -178,12 +164,7 @@ async fn a_service_reconnects_redeclares_and_answers_what_it_held() {
     )
     .await;
     assert_eq!(held.result().await.unwrap(), json!("held"));
-    assert_eq!(
-        p.call(&name, "add", Args::new().arg(20).arg(22))
-            .await
-            .unwrap(),
-        json!(42)
-    );
+    assert_eq!(add(&p, &name, 20, 22).await, json!(42));
     p.close().await;
     svc.shutdown().await.unwrap();
 }
@@ -206,12 +187,7 @@ async fn a_service_started_before_the_broker_is_reachable_waits_and_then_serves(
     faulty.refuse(false);
     wait_status(&svc, |s| matches!(s, ServiceStatus::Consuming), "consuming").await;
     let p = RpcProxy::connect(config_via(&uri)).await.unwrap();
-    assert_eq!(
-        p.call(&name, "add", Args::new().arg(3).arg(4))
-            .await
-            .unwrap(),
-        json!(7)
-    );
+    assert_eq!(add(&p, &name, 3, 4).await, json!(7));
     p.close().await;
     svc.shutdown().await.unwrap();
 }
@@ -224,7 +200,7 @@ async fn a_service_partitioned_silently_notices_by_heartbeat_and_recovers() {
     let faulty = FaultyProxy::in_front_of(&uri).await;
     let mut cfg = config_via(&faulty.uri(&uri));
     cfg.heartbeat = 1;
-    let (svc, _) = start(&name, &cfg).await;
+    let svc = start(&name, &cfg).await;
     faulty.pause();
     wait_status(
         &svc,
@@ -240,12 +216,7 @@ async fn a_service_partitioned_silently_notices_by_heartbeat_and_recovers() {
     )
     .await;
     let p = RpcProxy::connect(config_via(&uri)).await.unwrap();
-    assert_eq!(
-        p.call(&name, "add", Args::new().arg(5).arg(5))
-            .await
-            .unwrap(),
-        json!(10)
-    );
+    assert_eq!(add(&p, &name, 5, 5).await, json!(10));
     p.close().await;
     svc.shutdown().await.unwrap();
 }
@@ -255,7 +226,7 @@ async fn a_fail_fast_first_connect_still_reconnects_patiently() {
     let uri = test_support::require_broker();
     let name = unique_name("calc-once");
     let _cleanup = Cleanup::new().service(&name);
-    let (svc, _) = start(&name, &config_via(&uri)).await;
+    let svc = start(&name, &config_via(&uri)).await;
     let faulty = FaultyProxy::in_front_of(&uri).await;
     let mut cfg = config_via(&faulty.uri(&uri));
     cfg.connect_retry.attempts = Some(1);

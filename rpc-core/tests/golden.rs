@@ -48,6 +48,15 @@ fn headers_json(table: &FieldTable) -> Value {
     amqp_to_json(&AMQPValue::FieldTable(table.clone()))
 }
 
+/// The AMQP header table of a captured message's properties.
+fn headers_table(props: &Value) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (k, v) in props["application_headers"].as_object().unwrap() {
+        table.insert(k.as_str().into(), wire::headers::json_to_amqp(v));
+    }
+    table
+}
+
 /// Compares the properties we would send with the captured ones.
 fn assert_props(ours: &BasicProperties, captured: &Value) {
     let s = |o: &Option<lapin::types::ShortString>| {
@@ -105,11 +114,7 @@ fn requests_decode_and_reencode_byte_for_byte() {
         );
 
         // Context: stack and data out of the headers, and back into them.
-        let mut table = FieldTable::default();
-        for (k, v) in m.props["application_headers"].as_object().unwrap() {
-            table.insert(k.as_str().into(), wire::headers::json_to_amqp(v));
-        }
-        let ctx = wire::read_context(Some(&table));
+        let ctx = wire::read_context(Some(&headers_table(&m.props)));
         let stack: Vec<Value> = ctx
             .call_id_stack
             .iter()
@@ -254,11 +259,7 @@ fn events_have_raw_bodies_and_no_reply_fields() {
             String::from_utf8(wire::json::to_vec(&data).unwrap()).unwrap(),
             m.body
         );
-        let mut table = FieldTable::default();
-        for (k, v) in m.props["application_headers"].as_object().unwrap() {
-            table.insert(k.as_str().into(), wire::headers::json_to_amqp(v));
-        }
-        let ctx = wire::read_context(Some(&table));
+        let ctx = wire::read_context(Some(&headers_table(&m.props)));
         let headers = if ctx.call_id_stack.is_empty() {
             FieldTable::default()
         } else {

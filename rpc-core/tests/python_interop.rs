@@ -4,19 +4,10 @@
 
 mod common;
 
-use common::{config, proxy, start_calc, Probe};
+use common::{config, proxy, python_dir, start_calc, wait_for_python, Probe};
 use rpc_core::{json, Args, CallError, Value};
-use std::path::Path;
 use std::process::Command;
-
 use test_support::nameko::NamekoRun;
-
-fn python_dir() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python"))
-}
-
-/// Waits until a Python service answers `ping` (its queue exists and it
-/// consumes), failing after 60 s.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_cluster_rpc_proxy_calls_a_rust_service() {
@@ -112,7 +103,7 @@ async fn rust_proxy_calls_a_python_service_which_calls_back() {
         ],
     );
     let p = proxy(&config).await;
-    common::wait_for_python(&p, &py_name, &mut run).await;
+    wait_for_python(&p, &py_name, &mut run).await;
 
     assert_eq!(
         p.call(&py_name, "add", Args::new().arg(2).arg(40))

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{config, proxy, start_calc, Probe};
+use common::{add, config, proxy, start_calc, Probe};
 use rpc_core::error::exc_path;
 use rpc_core::{json, Args, CallError, Value};
 use std::collections::{BTreeMap, HashSet};
@@ -132,12 +132,7 @@ async fn every_error_reply() {
         e.value
     );
     // The panic did not take the service down.
-    assert_eq!(
-        p.call(&name, "add", Args::new().arg(2).arg(2))
-            .await
-            .unwrap(),
-        json!(4)
-    );
+    assert_eq!(add(&p, &name, 2, 2).await, json!(4));
 
     p.close().await;
     svc.stop().await;

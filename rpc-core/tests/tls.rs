@@ -4,13 +4,14 @@
 
 mod common;
 
-use common::{calc_service, Probe};
+use common::{add, calc_service, Probe};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
-use rpc_core::{json, Args, Config, RetryPolicy, RpcProxy};
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use rpc_core::{json, Config, RetryPolicy, RpcProxy};
+use std::io::Write;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
+use tempfile::NamedTempFile;
 use test_support::{unique_name, Cleanup};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -18,7 +19,9 @@ use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::TlsAcceptor;
 
 struct Ca {
-    pem: String,
+    /// Its certificate in PEM, in a file that lives as long as the CA (the
+    /// client reads it at each connect).
+    pem_file: NamedTempFile,
     issuer: Issuer<'static, KeyPair>,
 }
 
@@ -29,8 +32,10 @@ fn new_ca(name: &str) -> Ca {
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let key = KeyPair::generate().unwrap();
     let cert = params.self_signed(&key).unwrap();
+    let mut pem_file = NamedTempFile::new().unwrap();
+    pem_file.write_all(cert.pem().as_bytes()).unwrap();
     Ca {
-        pem: cert.pem(),
+        pem_file,
         issuer: Issuer::new(params, key),
     }
 }
@@ -77,26 +82,29 @@ async fn tls_proxy(
 }
 
 fn broker_addr(uri: &str) -> SocketAddr {
-    let authority = uri.split_once("://").unwrap().1.split('/').next().unwrap();
-    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    std::net::ToSocketAddrs::to_socket_addrs(hostport)
+    test_support::broker_hostport(uri)
+        .to_socket_addrs()
         .unwrap()
         .next()
         .unwrap()
 }
 
-fn write_pem(dir: &tempfile::TempDir, pem: &str) -> PathBuf {
-    let path = dir.path().join("ca.pem");
-    std::fs::write(&path, pem).unwrap();
-    path
-}
-
-fn amqps_config(port: u16, ca_file: Option<PathBuf>) -> Config {
+/// Connects over TLS to the proxy on `port`, trusting `ca` if given (and
+/// the system's roots otherwise).
+async fn connect_amqps(port: u16, ca: Option<&Ca>) -> Result<RpcProxy, rpc_core::ConnectError> {
     let mut config = Config::new(&format!("amqps://guest:guest@localhost:{port}/%2f")).unwrap();
-    config.tls_ca_file = ca_file;
+    config.tls_ca_file = ca.map(|ca| ca.pem_file.path().to_owned());
     config.connect_retry = RetryPolicy::once();
     config.rpc_timeout = Duration::from_secs(10);
-    config
+    RpcProxy::connect(config).await
+}
+
+/// Why connecting over TLS to `port`, trusting `ca`, failed.
+async fn connect_error(port: u16, ca: Option<&Ca>) -> String {
+    match connect_amqps(port, ca).await {
+        Ok(_) => panic!("connected over TLS to a broker it should not trust"),
+        Err(e) => e.to_string(),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,16 +119,10 @@ async fn amqps_connects_when_the_certificate_chains_to_the_given_ca() {
     let ca = new_ca("test CA");
     let (cert, key) = server_cert(&ca, "localhost");
     let port = tls_proxy(cert, key, broker_addr(&uri)).await.port();
-    let dir = tempfile::tempdir().unwrap();
-    let p = RpcProxy::connect(amqps_config(port, Some(write_pem(&dir, &ca.pem))))
+    let p = connect_amqps(port, Some(&ca))
         .await
         .expect("TLS connection with a trusted CA");
-    assert_eq!(
-        p.call(&name, "add", Args::new().arg(40).arg(2))
-            .await
-            .unwrap(),
-        json!(42)
-    );
+    assert_eq!(add(&p, &name, 40, 2).await, json!(42));
     p.close().await;
     svc.shutdown().await.unwrap();
 }
@@ -132,21 +134,14 @@ async fn amqps_refuses_a_certificate_from_an_unknown_ca() {
     let (cert, key) = server_cert(&ca, "localhost");
     let port = tls_proxy(cert, key, broker_addr(&uri)).await.port();
     // Neither the system's roots nor another CA vouch for it.
-    let err = RpcProxy::connect(amqps_config(port, None))
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = connect_error(port, None).await;
     eprintln!("unknown CA: {err}");
     assert!(
         err.to_lowercase().contains("certificate") || err.contains("UnknownIssuer"),
         "{err}"
     );
     let other = new_ca("another CA");
-    let dir = tempfile::tempdir().unwrap();
-    let err = RpcProxy::connect(amqps_config(port, Some(write_pem(&dir, &other.pem))))
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = connect_error(port, Some(&other)).await;
     assert!(
         err.to_lowercase().contains("certificate") || err.contains("UnknownIssuer"),
         "{err}"
@@ -160,11 +155,7 @@ async fn amqps_refuses_a_certificate_for_another_host() {
     let ca = new_ca("test CA");
     let (cert, key) = server_cert(&ca, "broker.example.invalid");
     let port = tls_proxy(cert, key, broker_addr(&uri)).await.port();
-    let dir = tempfile::tempdir().unwrap();
-    let err = RpcProxy::connect(amqps_config(port, Some(write_pem(&dir, &ca.pem))))
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = connect_error(port, Some(&ca)).await;
     assert!(
         err.to_lowercase().contains("certificate") || err.contains("NotValidForName"),
         "{err}"

@@ -81,18 +81,7 @@ impl FaultyProxy {
 
     /// Starts in front of the broker of `uri` (an `amqp://` URI).
     pub async fn in_front_of(uri: &str) -> FaultyProxy {
-        let authority = uri
-            .split_once("://")
-            .map_or(uri, |(_, r)| r)
-            .split('/')
-            .next()
-            .unwrap_or("");
-        let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-        let hostport = if hostport.contains(':') {
-            hostport.to_owned()
-        } else {
-            format!("{hostport}:5672")
-        };
+        let hostport = crate::broker_hostport(uri);
         let upstream = tokio::net::lookup_host(&hostport)
             .await
             .ok()
@@ -113,11 +102,6 @@ impl FaultyProxy {
             .map(|(u, _)| format!("{u}@"))
             .unwrap_or_default();
         format!("{scheme}://{userinfo}{}{path}", self.addr)
-    }
-
-    /// The proxy's address.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
     }
 
     /// Stops forwarding in both directions; connections stay open.

@@ -6,6 +6,7 @@
 
 pub mod faulty;
 pub mod nameko;
+pub mod output;
 pub mod python;
 pub mod raw;
 
@@ -26,14 +27,7 @@ pub fn broker_uri() -> String {
 pub fn require_broker() -> String {
     init_logging();
     let uri = broker_uri();
-    let after_scheme = uri.split_once("://").map_or(uri.as_str(), |(_, r)| r);
-    let authority = after_scheme.split('/').next().unwrap_or("");
-    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let hostport = if hostport.contains(':') {
-        hostport.to_owned()
-    } else {
-        format!("{hostport}:5672")
-    };
+    let hostport = broker_hostport(&uri);
     let reachable = hostport
         .to_socket_addrs()
         .ok()
@@ -47,7 +41,20 @@ pub fn require_broker() -> String {
     uri
 }
 
-/// `prefix-xxxxxxxx`: a name no other test (or earlier run) uses.
+/// The `host:port` of an AMQP URI (port 5672 when it names none).
+pub fn broker_hostport(uri: &str) -> String {
+    let after_scheme = uri.split_once("://").map_or(uri, |(_, r)| r);
+    let authority = after_scheme.split('/').next().unwrap_or("");
+    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if hostport.contains(':') {
+        hostport.to_owned()
+    } else {
+        format!("{hostport}:5672")
+    }
+}
+
+/// `prefix-` and ten random hex digits: a name no other test (or earlier
+/// run) uses.
 pub fn unique_name(prefix: &str) -> String {
     format!(
         "{prefix}-{}",

@@ -2,9 +2,9 @@
 //! `nameko run` (stopped when dropped), and `nameko shell` fed a script on
 //! stdin.
 //!
-//! Their output goes to a log file rather than nowhere: a test can wait for
-//! a line of it, search it for errors, and when a test panics the log is
-//! printed with the failure (also always, with `NAMEKO_LOG` set).
+//! Their output goes to a log file rather than nowhere: a test can search it
+//! for errors, and when a test panics the log is printed with the failure
+//! (also always, with `NAMEKO_LOG` set).
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -24,9 +24,9 @@ impl NamekoRun {
     /// environment variables. Its stdout and stderr (nameko logs to stderr)
     /// go to a log file, see [`NamekoRun::log`].
     ///
-    /// Readiness is the caller's to check (a call that succeeds, or
-    /// [`NamekoRun::wait_for_output`]): nameko prints nothing when its
-    /// consumers are ready, only "starting services" before.
+    /// Readiness is the caller's to check, with a call that succeeds:
+    /// nameko prints nothing when its consumers are ready, only "starting
+    /// services" before.
     pub fn start(dir: &Path, module: &str, broker: &str, env: &[(&str, &str)]) -> NamekoRun {
         let log =
             std::env::temp_dir().join(format!("nameko-run-{}.log", uuid::Uuid::new_v4().simple()));
@@ -53,11 +53,6 @@ impl NamekoRun {
         }
     }
 
-    /// The process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -74,35 +69,11 @@ impl NamekoRun {
         }
     }
 
-    /// Where its output goes.
-    pub fn log_path(&self) -> &Path {
-        &self.log
-    }
-
     /// Everything it has written so far (stdout and stderr together).
     pub fn log(&self) -> String {
         std::fs::read(&self.log)
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default()
-    }
-
-    /// Waits until its output contains `needle`; panics (with the log) when
-    /// the process exits first or `timeout` passes.
-    pub async fn wait_for_output(&mut self, needle: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if self.log().contains(needle) {
-                return;
-            }
-            self.assert_running();
-            assert!(
-                Instant::now() < deadline,
-                "nameko run {} did not print {needle:?} within {timeout:?}; its output:\n{}",
-                self.module,
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
     }
 
     /// Stops it with SIGTERM (nameko's graceful stop), and kills it if it

@@ -9,8 +9,20 @@ use lapin::options::{
     QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
+use lapin::{
+    BasicProperties, Channel, Connection, ConnectionProperties, Consumer, PublisherConfirm,
+};
 use std::time::Duration;
+
+/// A plain connection to the test broker.
+///
+/// # Panics
+/// When the broker is not reachable.
+pub async fn connect() -> Connection {
+    Connection::connect(&crate::broker_uri(), ConnectionProperties::default())
+        .await
+        .expect("connect to the broker")
+}
 
 /// The client; see the module docs.
 pub struct RawClient {
@@ -40,9 +52,7 @@ impl RawClient {
     /// # Panics
     /// When the broker is not reachable.
     pub async fn connect() -> RawClient {
-        let conn = Connection::connect(&crate::broker_uri(), ConnectionProperties::default())
-            .await
-            .expect("connect to the broker");
+        let conn = connect().await;
         let channel = conn.create_channel().await.expect("a channel");
         channel
             .confirm_select(ConfirmSelectOptions::default())
@@ -104,6 +114,24 @@ impl RawClient {
 
     /// Publishes to `nameko-rpc` and waits for the broker's confirm.
     pub async fn publish(&self, routing_key: &str, body: &[u8], props: BasicProperties) {
+        self.send(routing_key, body, props)
+            .await
+            .await
+            .expect("confirm");
+    }
+
+    /// Publishes without waiting for the confirm (see [`Self::wait_confirms`]).
+    pub async fn publish_nowait(&self, routing_key: &str, body: &[u8], props: BasicProperties) {
+        // Dropped unawaited, the confirm is collected by wait_confirms.
+        drop(self.send(routing_key, body, props).await);
+    }
+
+    async fn send(
+        &self,
+        routing_key: &str,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> PublisherConfirm {
         self.channel
             .basic_publish(
                 "nameko-rpc".into(),
@@ -114,25 +142,6 @@ impl RawClient {
             )
             .await
             .expect("publish")
-            .await
-            .expect("confirm");
-    }
-
-    /// Publishes without waiting for the confirm (see [`Self::wait_confirms`]).
-    pub async fn publish_nowait(&self, routing_key: &str, body: &[u8], props: BasicProperties) {
-        let confirm = self
-            .channel
-            .basic_publish(
-                "nameko-rpc".into(),
-                routing_key.into(),
-                BasicPublishOptions::default(),
-                body,
-                props,
-            )
-            .await
-            .expect("publish");
-        // Dropped unawaited, the confirm is collected by wait_confirms.
-        drop(confirm);
     }
 
     /// Waits for every outstanding confirm.
@@ -184,9 +193,7 @@ pub async fn consumer_count(queue: &str) -> u32 {
 }
 
 async fn queue_info(queue: &str) -> (u32, u32) {
-    let conn = Connection::connect(&crate::broker_uri(), ConnectionProperties::default())
-        .await
-        .expect("connect to the broker");
+    let conn = connect().await;
     let ch = conn.create_channel().await.expect("a channel");
     let q = ch
         .queue_declare(

@@ -4,9 +4,10 @@
 #![allow(dead_code)]
 
 use rpc_core::{
-    json, Config, Context, RpcError, RpcProxy, Service, ServiceHandle, Signature, Value,
+    json, Args, Config, Context, RpcError, RpcProxy, Service, ServiceHandle, Signature, Value,
 };
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use test_support::Cleanup;
@@ -120,7 +121,7 @@ pub fn calc_service(name: &str, probe: Probe) -> Service {
             |ctx: Context, (target,): (String,)| async move {
                 let remote = ctx
                     .rpc()
-                    .call(&target, "ctx", rpc_core::Args::new())
+                    .call(&target, "ctx", Args::new())
                     .await
                     .map_err(|e| RpcError::internal(e.to_string()))?;
                 Ok::<_, RpcError>(json!({"mine": ctx.call_id_stack(), "remote": remote}))
@@ -160,7 +161,7 @@ impl Running {
 }
 
 /// Waits until a Python nameko service answers `ping` (its queues exist and
-/// it consumes), failing after 60 s or if `nameko run` exits.
+/// it consumes), failing after 60 s or, with its log, if `nameko run` exits.
 pub async fn wait_for_python(
     p: &RpcProxy,
     service: &str,
@@ -169,11 +170,8 @@ pub async fn wait_for_python(
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let quick = p.with_timeout(Duration::from_secs(2));
     loop {
-        assert!(
-            run.is_running(),
-            "nameko run exited; rerun with NAMEKO_LOG=1 to see why"
-        );
-        match quick.call(service, "ping", rpc_core::Args::new()).await {
+        run.assert_running();
+        match quick.call(service, "ping", Args::new()).await {
             Ok(_) => return,
             Err(rpc_core::CallError::UnknownService(_))
             | Err(rpc_core::CallError::Timeout { .. }) => {}
@@ -191,4 +189,34 @@ pub async fn proxy(config: &Config) -> RpcProxy {
     RpcProxy::connect(config.clone())
         .await
         .expect("proxy connects")
+}
+
+/// `service.add(a, b)`, a call that must succeed: its result.
+pub async fn add(p: &RpcProxy, service: &str, a: i64, b: i64) -> Value {
+    p.call(service, "add", Args::new().arg(a).arg(b))
+        .await
+        .unwrap_or_else(|e| panic!("{service}.add({a}, {b}): {e}"))
+}
+
+/// A service `name` whose `emit(data)` dispatches a `ping` event with
+/// `data` from inside its worker (so the event carries the call's context)
+/// and returns the worker's call id.
+pub fn emitter(name: &str) -> Service {
+    Service::builder(name)
+        .method(
+            "emit",
+            Signature::new().param("data"),
+            |ctx: Context, (data,): (Value,)| async move {
+                ctx.dispatch("ping", &data)
+                    .await
+                    .map_err(|e| RpcError::internal(e.to_string()))?;
+                Ok::<_, RpcError>(ctx.call_id().to_owned())
+            },
+        )
+        .build()
+}
+
+/// The Python modules and scripts of the interop tests.
+pub fn python_dir() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python"))
 }

@@ -572,8 +572,9 @@ impl FileConfig {
 
     fn read_ssl(&mut self, value: &Value) -> Result<(), ConfigFileError> {
         match value {
-            Value::Null | Value::Bool(false) => {}
-            Value::Bool(true) => {}
+            // `true` asks for TLS, which the URI's scheme decides here; see
+            // `check_tls`.
+            Value::Null | Value::Bool(_) => {}
             Value::Object(options) => {
                 for (name, option) in options {
                     match name.as_str() {
@@ -1083,7 +1084,7 @@ impl Loader<'_> {
             Node::Seq { items, tag } => {
                 match tag.as_deref() {
                     None | Some("!") => {}
-                    Some(t) if t == format!("{YAML_TAG}seq") => {}
+                    Some(t) if t.strip_prefix(YAML_TAG) == Some("seq") => {}
                     Some(t) => {
                         return Err(at.error(format!("the tag {t} cannot be used on a list")))
                     }
@@ -1099,8 +1100,8 @@ impl Loader<'_> {
             Node::Map { pairs, tag } => {
                 let is_set = match tag.as_deref() {
                     None | Some("!") => false,
-                    Some(t) if t == format!("{YAML_TAG}map") => false,
-                    Some(t) if t == format!("{YAML_TAG}set") => true,
+                    Some(t) if t.strip_prefix(YAML_TAG) == Some("map") => false,
+                    Some(t) if t.strip_prefix(YAML_TAG) == Some("set") => true,
                     Some(t) => {
                         return Err(at.error(format!("the tag {t} cannot be used on a mapping")))
                     }
@@ -1135,7 +1136,7 @@ impl Loader<'_> {
         for (key, value) in pairs {
             let is_merge = matches!(key, Node::Scalar { value: k, plain: true, tag: None }
                 if resolve_plain(k) == Resolved::Merge)
-                || matches!(key, Node::Scalar { tag: Some(t), .. } if *t == format!("{YAML_TAG}merge"));
+                || matches!(key, Node::Scalar { tag: Some(t), .. } if t.strip_prefix(YAML_TAG) == Some("merge"));
             if !is_merge {
                 own.push((key, value));
                 continue;

@@ -7,9 +7,11 @@
 
 use crate::config::RetryPolicy;
 use crate::error::ConnectError;
+use lapin::options::ExchangeDeclareOptions;
 use lapin::tcp::OwnedTLSConfig;
+use lapin::types::FieldTable;
 use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
-use lapin::{Connection, ConnectionProperties};
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -310,7 +312,7 @@ pub async fn connect(
     options: &ConnectOptions,
     shutdown: &CancellationToken,
 ) -> Result<Connection, ConnectError> {
-    let mut delay = options.retry.initial;
+    let mut backoff = Backoff::new(&options.retry);
     let mut attempt: u32 = 0;
     loop {
         attempt += 1;
@@ -339,18 +341,75 @@ pub async fn connect(
                     broker = %uri.endpoint(),
                     vhost = %uri.vhost(),
                     attempt,
-                    retry_in_ms = delay.as_millis() as u64,
+                    retry_in_ms = backoff.next().as_millis() as u64,
                     error = %reason,
                     "cannot connect to the broker; retrying"
                 );
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Err(ConnectError::Shutdown),
-                    _ = tokio::time::sleep(delay) => {}
+                if !backoff.wait(shutdown).await {
+                    return Err(ConnectError::Shutdown);
                 }
-                delay = (delay * 2).min(options.retry.max);
             }
         }
     }
+}
+
+/// The doubling wait between attempts that [`connect`] and every
+/// reconnect loop share, so they all follow `connect_retry` the same way.
+pub(crate) struct Backoff {
+    next: Duration,
+    initial: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub(crate) fn new(policy: &RetryPolicy) -> Self {
+        Backoff {
+            next: policy.initial,
+            initial: policy.initial,
+            max: policy.max,
+        }
+    }
+
+    /// The wait [`wait`](Self::wait) will take next.
+    pub(crate) fn next(&self) -> Duration {
+        self.next
+    }
+
+    /// Back to the first wait, after something worked.
+    pub(crate) fn reset(&mut self) {
+        self.next = self.initial;
+    }
+
+    /// Sleeps, then doubles the next wait (up to the policy's max). `false`
+    /// when `stop` was cancelled first.
+    pub(crate) async fn wait(&mut self, stop: &CancellationToken) -> bool {
+        tokio::select! {
+            _ = stop.cancelled() => return false,
+            _ = tokio::time::sleep(self.next) => {}
+        }
+        self.next = (self.next * 2).min(self.max);
+        true
+    }
+}
+
+/// Declares a durable topic exchange: the only kind nameko declares (the
+/// RPC exchange and every `{service}.events`), so every declaration here
+/// agrees with a Python peer's and none fails with 406.
+pub(crate) async fn declare_topic_exchange(
+    channel: &Channel,
+    name: &str,
+) -> Result<(), lapin::Error> {
+    channel
+        .exchange_declare(
+            name.into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
 }
 
 async fn connect_once(uri: &AmqpUri, options: &ConnectOptions) -> Result<Connection, String> {
@@ -427,6 +486,28 @@ mod tests {
         assert_eq!(u.endpoint(), "[::1]:5673");
         assert!("http://x".parse::<AmqpUri>().is_err());
         assert!("amqp://h:notaport".parse::<AmqpUri>().is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn backoff_doubles_to_the_max_resets_and_stops() {
+        let policy = RetryPolicy {
+            initial: Duration::from_millis(500),
+            max: Duration::from_secs(3),
+            attempts: None,
+        };
+        let stop = CancellationToken::new();
+        let mut backoff = Backoff::new(&policy);
+        let mut waits = Vec::new();
+        for _ in 0..5 {
+            let start = tokio::time::Instant::now();
+            assert!(backoff.wait(&stop).await);
+            waits.push(start.elapsed().as_millis());
+        }
+        assert_eq!(waits, vec![500, 1000, 2000, 3000, 3000]);
+        backoff.reset();
+        assert_eq!(backoff.next(), Duration::from_millis(500));
+        stop.cancel();
+        assert!(!backoff.wait(&stop).await);
     }
 
     #[test]

@@ -164,7 +164,7 @@ impl EventDispatcher {
                 let headers = if event.call_id_stack.is_empty() && event.context.is_empty() {
                     FieldTable::default()
                 } else {
-                    context_headers(&event.call_id_stack, &event.context)
+                    wire::write_context(&event.call_id_stack, &event.context)
                 };
                 session
                     .ensure_topic_exchange(&exchange)
@@ -422,6 +422,8 @@ pub(crate) struct QueueSpec {
 }
 
 impl EventHandlerEntry {
+    /// `broadcast_identifier` is the instance's, used unless the options
+    /// fix one.
     pub(crate) fn queue(&self, service: &str, broadcast_identifier: &str) -> QueueSpec {
         let o = &self.options;
         let name = wire::event_queue(
@@ -434,25 +436,14 @@ impl EventHandlerEntry {
                 .as_deref()
                 .unwrap_or(broadcast_identifier),
         );
-        let (exclusive, auto_delete) = match o.handler_type {
-            EventHandlerType::Broadcast => {
-                let exclusive = !o.reliable_delivery;
-                (exclusive, exclusive || !o.reliable_delivery)
-            }
-            _ => (false, !o.reliable_delivery),
-        };
         QueueSpec {
             name,
             durable: true,
-            exclusive,
-            auto_delete,
+            // Only an unreliable broadcast queue is the instance's alone.
+            exclusive: o.handler_type == EventHandlerType::Broadcast && !o.reliable_delivery,
+            auto_delete: !o.reliable_delivery,
         }
     }
-}
-
-/// Context data a dispatch from a handler carries, as headers.
-pub(crate) fn context_headers(stack: &[String], data: &BTreeMap<String, Value>) -> FieldTable {
-    wire::write_context(stack, data)
 }
 
 #[cfg(test)]

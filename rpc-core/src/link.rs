@@ -14,11 +14,11 @@ use crate::error::ConnectError;
 use crate::wire;
 use futures::StreamExt;
 use lapin::options::{
-    BasicConsumeOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    BasicConsumeOptions, ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, Connection, Consumer, ExchangeKind};
+use lapin::{Channel, Connection, Consumer};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
@@ -63,17 +63,7 @@ impl Session {
         if known {
             return Ok(());
         }
-        self.channel
-            .exchange_declare(
-                name.clone(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..ExchangeDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        connection::declare_topic_exchange(&self.channel, name.as_str()).await?;
         if let Ok(mut set) = self.declared.lock() {
             set.insert(name.as_str().to_owned());
         }
@@ -192,17 +182,9 @@ async fn setup(
         None => None,
         Some(r) => {
             let ch = conn.create_channel().await.map_err(refused("a channel"))?;
-            ch.exchange_declare(
-                config.rpc_exchange.as_str().into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..ExchangeDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(refused("the RPC exchange declaration"))?;
+            connection::declare_topic_exchange(&ch, &config.rpc_exchange)
+                .await
+                .map_err(refused("the RPC exchange declaration"))?;
             let mut args = FieldTable::default();
             args.insert(
                 "x-expires".into(),
@@ -302,28 +284,22 @@ impl Supervisor {
     async fn watch(&self, conn: &Connection, setup: &mut Setup) -> Option<String> {
         let mut events = conn.events_listener();
         loop {
-            let delivery = match &mut setup.consume {
-                Some((_, consumer)) => {
-                    tokio::select! {
-                        _ = self.stop.cancelled() => return None,
-                        event = events.next() => match event {
-                            Some(lapin::Event::Error(e)) => return Some(e.to_string()),
-                            Some(_) => continue,
-                            None => return Some("the connection ended".to_owned()),
-                        },
-                        d = consumer.next() => d,
-                    }
+            // A link without a reply queue (a dispatcher) only watches the
+            // connection.
+            let reply = async {
+                match &mut setup.consume {
+                    Some((_, consumer)) => consumer.next().await,
+                    None => std::future::pending().await,
                 }
-                None => {
-                    tokio::select! {
-                        _ = self.stop.cancelled() => return None,
-                        event = events.next() => match event {
-                            Some(lapin::Event::Error(e)) => return Some(e.to_string()),
-                            Some(_) => continue,
-                            None => return Some("the connection ended".to_owned()),
-                        },
-                    }
-                }
+            };
+            let delivery = tokio::select! {
+                _ = self.stop.cancelled() => return None,
+                event = events.next() => match event {
+                    Some(lapin::Event::Error(e)) => return Some(e.to_string()),
+                    Some(_) => continue,
+                    None => return Some("the connection ended".to_owned()),
+                },
+                d = reply => d,
             };
             match delivery {
                 Some(Ok(delivery)) => {
@@ -348,7 +324,7 @@ impl Supervisor {
         // closed, so a broker restart does not close it for good.
         let mut options = self.config.connect_options(self.name.clone());
         options.retry.attempts = None;
-        let mut delay = self.config.connect_retry.initial;
+        let mut backoff = connection::Backoff::new(&self.config.connect_retry);
         loop {
             let conn = match connection::connect(&self.config.amqp_uri, &options, &self.stop).await
             {
@@ -369,11 +345,9 @@ impl Supervisor {
                 Err(e) => {
                     tracing::warn!(link = %self.name, error = %e, "setting up after reconnecting failed; retrying");
                     let _ = conn.close(320, "retrying".into()).await;
-                    tokio::select! {
-                        _ = self.stop.cancelled() => return None,
-                        _ = tokio::time::sleep(delay) => {}
+                    if !backoff.wait(&self.stop).await {
+                        return None;
                     }
-                    delay = (delay * 2).min(self.config.connect_retry.max);
                 }
             }
         }

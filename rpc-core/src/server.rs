@@ -30,11 +30,10 @@ use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
+    BasicRejectOptions, ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection, Consumer, ExchangeKind};
+use lapin::{Channel, Connection, Consumer};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -400,11 +399,18 @@ impl Service {
         state: watch::Sender<State>,
     ) -> Result<(), ServiceError> {
         let name = self.def.name.clone();
-        for candidate in [wire::rpc_queue(&name), wire::rpc_binding_key(&name)] {
+        // lapin panics on a name over 255 bytes; refuse it here instead.
+        for candidate in [
+            wire::rpc_queue(&name),
+            wire::rpc_binding_key(&name),
+            consumer_tag(&name),
+        ] {
             if let Err(e) = wire::short_string(&candidate) {
                 return Err(ServiceError::InvalidName(name, e.to_string()));
             }
         }
+        wire::short_string(&config.rpc_exchange)
+            .map_err(|e| ServiceError::Configuration(format!("rpc_exchange: {e}")))?;
         for handler in &self.def.event_handlers {
             handler.check().map_err(ServiceError::Configuration)?;
         }
@@ -421,14 +427,22 @@ impl Service {
                 stop.clone(),
             ));
         }
-        let result = if self.def.methods.is_empty() && self.def.event_handlers.is_empty() {
+        let (result, open) = if self.def.methods.is_empty() && self.def.event_handlers.is_empty() {
             state.send_replace(State::Consuming);
             stop.cancelled().await;
-            Ok(())
+            (Ok(()), None)
         } else {
-            self.consume_until_stopped(&config, &runtime, &tracker, &stop, &state)
+            match self
+                .consume_until_stopped(&config, &runtime, &tracker, &stop, &state)
                 .await
+            {
+                Ok(open) => (Ok(()), open),
+                Err(e) => (Err(e), None),
+            }
         };
+        // Keep the connection open until every call in flight has published
+        // its reply and acked its request (nameko's stop skips those acks:
+        // §12). One wait covers those calls and the timers alike.
         tracker.close();
         if tokio::time::timeout(config.shutdown_timeout, tracker.wait())
             .await
@@ -441,12 +455,18 @@ impl Service {
                 "calls still running at the shutdown timeout; their requests return to the queue"
             );
         }
+        if let Some(open) = open {
+            let _ = open.consume.close(200, "OK".into()).await;
+            let _ = open.conn.close(200, "OK".into()).await;
+        }
         runtime.close().await;
         tracing::info!(service = %name, "stopped");
         result
     }
 
-    /// Connects, consumes, and reconnects after a loss, until `stop`.
+    /// Connects, consumes, and reconnects after a loss, until `stop`. Hands
+    /// back the connection it was consuming on, if any, for the caller to
+    /// close once the calls in flight are done.
     async fn consume_until_stopped(
         &self,
         config: &Config,
@@ -454,14 +474,14 @@ impl Service {
         tracker: &TaskTracker,
         stop: &CancellationToken,
         state: &watch::Sender<State>,
-    ) -> Result<(), ServiceError> {
+    ) -> Result<Option<Open>, ServiceError> {
         let mut options = config.connect_options(format!("{} service", self.def.name));
         let workers = Arc::new(Semaphore::new(config.workers()));
-        let mut delay = config.connect_retry.initial;
+        let mut backoff = connection::Backoff::new(&config.connect_retry);
         loop {
             let conn = match connection::connect(&config.amqp_uri, &options, stop).await {
                 Ok(conn) => conn,
-                Err(ConnectError::Shutdown) => return Ok(()),
+                Err(ConnectError::Shutdown) => return Ok(None),
                 Err(e) => return Err(e.into()),
             };
             let session = match self.open_session(&conn, config).await {
@@ -470,15 +490,13 @@ impl Service {
                 Err(e) => {
                     tracing::warn!(service = %self.def.name, error = %e.error, "setting up the service failed; retrying");
                     let _ = conn.close(320, "retrying".into()).await;
-                    tokio::select! {
-                        _ = stop.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(delay) => {}
+                    if !backoff.wait(stop).await {
+                        return Ok(None);
                     }
-                    delay = (delay * 2).min(config.connect_retry.max);
                     continue;
                 }
             };
-            delay = config.connect_retry.initial;
+            backoff.reset();
             state.send_replace(State::Consuming);
             tracing::info!(
                 service = %self.def.name,
@@ -494,21 +512,7 @@ impl Service {
             };
             let end = self.consume(session, &run, stop).await;
             match end {
-                SessionEnd::Stopped { consume } => {
-                    // Keep the connection open until every call in flight has
-                    // published its reply and acked its request (nameko's
-                    // stop skips those acks: §12).
-                    tracker.close();
-                    if tokio::time::timeout(config.shutdown_timeout, tracker.wait())
-                        .await
-                        .is_err()
-                    {
-                        tracing::error!(service = %self.def.name, "shutdown timeout with calls still running");
-                    }
-                    let _ = consume.close(200, "OK".into()).await;
-                    let _ = conn.close(200, "OK".into()).await;
-                    return Ok(());
-                }
+                SessionEnd::Stopped { consume } => return Ok(Some(Open { consume, conn })),
                 SessionEnd::Lost(reason) => {
                     tracing::warn!(service = %self.def.name, reason = %reason, "lost the broker connection; reconnecting");
                     state.send_replace(State::Reconnecting(reason));
@@ -540,18 +544,19 @@ impl Service {
         let mut consumers: Vec<(Entry, Consumer)> = Vec::new();
         if !self.def.methods.is_empty() {
             let queue = wire::rpc_queue(name);
-            declare_exchange(&consume, &config.rpc_exchange, "declaring the RPC exchange").await?;
+            connection::declare_topic_exchange(&consume, &config.rpc_exchange)
+                .await
+                .map_err(SetupError::from_lapin("declaring the RPC exchange"))?;
             let options = QueueDeclareOptions {
                 durable: true,
                 ..QueueDeclareOptions::default()
             };
-            let binding = (config.rpc_exchange.as_str(), wire::rpc_binding_key(name));
             declare_bound_queue(
                 &consume,
                 &queue,
                 options,
-                binding.0,
-                &binding.1,
+                &config.rpc_exchange,
+                &wire::rpc_binding_key(name),
                 "the service queue",
             )
             .await?;
@@ -570,7 +575,9 @@ impl Service {
                     fatal: true,
                 })?;
             }
-            declare_exchange(&consume, &exchange, "declaring an events exchange").await?;
+            connection::declare_topic_exchange(&consume, &exchange)
+                .await
+                .map_err(SetupError::from_lapin("declaring an events exchange"))?;
             let options = QueueDeclareOptions {
                 durable: spec.durable,
                 exclusive: spec.exclusive,
@@ -719,26 +726,6 @@ impl Service {
     }
 }
 
-/// Declares a durable topic exchange with nameko's flags.
-async fn declare_exchange(
-    channel: &Channel,
-    name: &str,
-    what: &'static str,
-) -> Result<(), SetupError> {
-    channel
-        .exchange_declare(
-            name.into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..ExchangeDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map_err(SetupError::from_lapin(what))
-}
-
 /// Declares a queue with nameko's flags and binds it.
 async fn declare_bound_queue(
     channel: &Channel,
@@ -764,12 +751,17 @@ async fn declare_bound_queue(
         .map_err(SetupError::from_lapin(what))
 }
 
+/// Unique per consumer, and naming the service in the broker's lists.
+fn consumer_tag(service: &str) -> String {
+    format!("{service}-{}", uuid::Uuid::new_v4())
+}
+
 async fn start_consumer(
     channel: &Channel,
     queue: &str,
     service: &str,
 ) -> Result<Consumer, SetupError> {
-    let tag = format!("{service}-{}", uuid::Uuid::new_v4());
+    let tag = consumer_tag(service);
     channel
         .basic_consume(
             queue.into(),
@@ -811,6 +803,13 @@ struct Session {
 enum SessionEnd {
     Stopped { consume: Channel },
     Lost(String),
+}
+
+/// A stopped service's connection, closed only after its calls in flight
+/// have replied and acked on it.
+struct Open {
+    consume: Channel,
+    conn: Connection,
 }
 
 struct SetupError {
@@ -986,7 +985,7 @@ impl Call {
         let props = &delivery.properties;
         let Some(reply_to) = props.reply_to().clone() else {
             tracing::warn!(call_id, "request has no reply_to; the result is dropped");
-            self.ack(delivery, call_id).await;
+            ack(delivery, call_id).await;
             return;
         };
         // The reply is as persistent as the request: a nameko caller sends
@@ -1011,7 +1010,7 @@ impl Call {
             Err(e) => Err(e),
         };
         match confirmed {
-            Ok(c) if c.is_ack() => self.ack(delivery, call_id).await,
+            Ok(c) if c.is_ack() => ack(delivery, call_id).await,
             Ok(_) => {
                 // The broker refused to take the reply: give the request back
                 // so that it is answered again rather than never.
@@ -1032,12 +1031,6 @@ impl Call {
                 // broker redelivers it when the channel closes.
                 tracing::error!(call_id, error = %e, "publishing the reply failed; the request will be redelivered");
             }
-        }
-    }
-
-    async fn ack(&self, delivery: &Delivery, call_id: &str) {
-        if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
-            tracing::error!(call_id, error = %e, "acking the request failed; the broker will redeliver it");
         }
     }
 }
@@ -1069,11 +1062,12 @@ impl EventCall {
         let call_id = ctx.call_id().to_owned();
         let who = format!("{}.{}", self.runtime.name, self.handler.name);
         async move {
-            let data = match decode_event(&delivery, self.max_bytes) {
+            let content_type = delivery.properties.content_type().as_ref().map(|c| c.as_str());
+            let data = match decode_event(content_type, &delivery.data, self.max_bytes) {
                 Ok(data) => data,
                 Err(why) => {
                     tracing::error!(handler = %who, %call_id, error = %why, "undecodable event dropped");
-                    ack(&delivery).await;
+                    ack(&delivery, &call_id).await;
                     return;
                 }
             };
@@ -1081,13 +1075,13 @@ impl EventCall {
             let failure = match outcome {
                 Ok(Ok(())) => {
                     self.handler.record(true);
-                    ack(&delivery).await;
+                    ack(&delivery, &call_id).await;
                     return;
                 }
                 Ok(Err(EventFailure::Undecodable(e))) => {
                     // It can never succeed: requeueing would loop forever.
                     tracing::error!(handler = %who, %call_id, error = %e, "event data does not fit the handler; dropped");
-                    ack(&delivery).await;
+                    ack(&delivery, &call_id).await;
                     return;
                 }
                 Ok(Err(EventFailure::Failed(e))) => e,
@@ -1106,7 +1100,7 @@ impl EventCall {
                 }
             } else {
                 tracing::error!(handler = %who, %call_id, error = %failure, "event handler failed; event dropped");
-                ack(&delivery).await;
+                ack(&delivery, &call_id).await;
             }
         }
         .instrument(span)
@@ -1114,33 +1108,79 @@ impl EventCall {
     }
 }
 
-fn decode_event(delivery: &Delivery, max_bytes: usize) -> Result<serde_json::Value, String> {
-    if delivery.data.len() > max_bytes {
+/// An event's body, under the same size and content-type rules as a
+/// request's.
+fn decode_event(
+    content_type: Option<&str>,
+    body: &[u8],
+    max_bytes: usize,
+) -> Result<serde_json::Value, String> {
+    if body.len() > max_bytes {
         return Err(format!(
             "event body is {} bytes; the limit is {max_bytes}",
-            delivery.data.len()
+            body.len()
         ));
     }
-    let ct = delivery
-        .properties
-        .content_type()
-        .as_ref()
-        .map(|c| c.as_str())
-        .unwrap_or("");
-    if !ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .eq_ignore_ascii_case(wire::JSON_CONTENT_TYPE)
-    {
-        return Err(format!("unsupported content type {ct:?}"));
-    }
-    serde_json::from_slice(&delivery.data).map_err(|e| format!("event body is not JSON: {e}"))
+    wire::check_content_type(content_type).map_err(|e| e.to_string())?;
+    serde_json::from_slice(body).map_err(|e| format!("event body is not JSON: {e}"))
 }
 
-async fn ack(delivery: &Delivery) {
+async fn ack(delivery: &Delivery, call_id: &str) {
     if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
-        tracing::error!(error = %e, "acking failed; the broker will redeliver");
+        tracing::error!(call_id, error = %e, "acking failed; the broker will redeliver it");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_bodies_follow_the_request_rules() {
+        let json = Some("application/json");
+        assert_eq!(
+            decode_event(Some("application/json; charset=utf-8"), b"[1]", 10),
+            Ok(serde_json::json!([1]))
+        );
+        let too_large = decode_event(json, b"[1, 2, 3]", 4).unwrap_err();
+        assert!(too_large.contains("9 bytes"), "{too_large}");
+        for content_type in [None, Some("text/plain")] {
+            let refused = decode_event(content_type, b"1", 10).unwrap_err();
+            assert!(refused.contains("content type"), "{refused}");
+        }
+        let not_json = decode_event(json, b"{nope", 10).unwrap_err();
+        assert!(not_json.contains("not JSON"), "{not_json}");
+    }
+
+    /// Names are checked before connecting, so no broker is needed.
+    #[tokio::test]
+    async fn names_the_wire_cannot_carry_are_refused_at_start() {
+        let service = |name: &str| {
+            Service::builder(name)
+                .method("m", Signature::new(), |_: Context, (): ()| async {
+                    Ok::<_, RpcError>(())
+                })
+                .build()
+        };
+        let stop = CancellationToken::new();
+        // Too long for `rpc-{name}`.
+        let err = service(&"a".repeat(252))
+            .run(Config::default(), stop.clone())
+            .await;
+        assert!(matches!(err, Err(ServiceError::InvalidName(..))), "{err:?}");
+        // `rpc-{name}` fits, but the consumer tag `{name}-{uuid}` does not.
+        let err = service(&"a".repeat(230))
+            .run(Config::default(), stop.clone())
+            .await;
+        assert!(matches!(err, Err(ServiceError::InvalidName(..))), "{err:?}");
+        let config = Config {
+            rpc_exchange: "x".repeat(256),
+            ..Config::default()
+        };
+        let err = service("fine").run(config, stop).await;
+        assert!(
+            matches!(&err, Err(ServiceError::Configuration(m)) if m.contains("rpc_exchange")),
+            "{err:?}"
+        );
     }
 }

@@ -194,7 +194,9 @@ pub fn decode_request(
     }
 }
 
-fn check_content_type(content_type: Option<&str>) -> Result<(), WireError> {
+/// `application/json`, parameters allowed: what requests and events must
+/// be.
+pub(crate) fn check_content_type(content_type: Option<&str>) -> Result<(), WireError> {
     let Some(ct) = content_type else {
         return Err(WireError::ContentType(String::new()));
     };

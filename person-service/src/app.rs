@@ -65,15 +65,25 @@ impl Application {
         &mut self.config
     }
 
-    /// The store.
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
-
     /// Starts serving. The HTTP face (when configured) listens before this
     /// returns; the RPC service connects in the background, retrying while
     /// the broker is unreachable.
     pub async fn start(self) -> Result<RunningApp, AppError> {
+        // First what can fail, so that an error leaves nothing running.
+        let listener = match self.settings.http {
+            None => None,
+            Some(addr) => {
+                let http_err = |e: std::io::Error| AppError::Http {
+                    addr,
+                    reason: e.to_string(),
+                };
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(http_err)?;
+                let local = listener.local_addr().map_err(http_err)?;
+                Some((listener, local))
+            }
+        };
         let people = People::new(self.store.clone(), &self.settings.service_name);
         let service = crate::rpc::service(&self.settings.service_name, people.clone())
             .observe(self.metrics.clone())
@@ -86,47 +96,27 @@ impl Application {
             self.settings.service_name.clone(),
             relay_stop.clone(),
         ));
-        let http = match self.settings.http {
-            None => None,
-            Some(addr) => {
-                let listener =
-                    tokio::net::TcpListener::bind(addr)
-                        .await
-                        .map_err(|e| AppError::Http {
-                            addr,
-                            reason: e.to_string(),
-                        })?;
-                let local = listener.local_addr().map_err(|e| AppError::Http {
-                    addr,
-                    reason: e.to_string(),
-                })?;
-                let router = http::router(HttpState {
-                    people: people.clone(),
-                    metrics: self.metrics.clone(),
-                    rpc_status: rpc.status_receiver(),
-                    max_body_bytes: self.settings.http_max_body,
-                });
-                let stop = CancellationToken::new();
-                let shutdown = stop.clone().cancelled_owned();
-                let task = tokio::spawn(async move {
-                    axum::serve(listener, router)
-                        .with_graceful_shutdown(shutdown)
-                        .await
-                });
-                tracing::info!(addr = %local, "HTTP listening");
-                Some(HttpServer {
-                    addr: local,
-                    stop,
-                    task,
-                })
-            }
-        };
+        let http = listener.map(|(listener, addr)| {
+            let router = http::router(HttpState {
+                people,
+                metrics: self.metrics.clone(),
+                rpc_status: rpc.status_receiver(),
+                max_body_bytes: self.settings.http_max_body,
+            });
+            let stop = CancellationToken::new();
+            let shutdown = stop.clone().cancelled_owned();
+            let task = tokio::spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            });
+            tracing::info!(%addr, "HTTP listening");
+            HttpServer { addr, stop, task }
+        });
         Ok(RunningApp {
             rpc,
             http,
             relay: (relay_stop, relay),
-            store: self.store,
-            settings: self.settings,
         })
     }
 
@@ -153,8 +143,6 @@ pub struct RunningApp {
     rpc: ServiceHandle,
     http: Option<HttpServer>,
     relay: (CancellationToken, JoinHandle<()>),
-    store: Store,
-    settings: Settings,
 }
 
 impl RunningApp {
@@ -163,24 +151,9 @@ impl RunningApp {
         Ok(self.rpc.ready().await?)
     }
 
-    /// The RPC service's status (consuming, reconnecting, …).
-    pub fn rpc_status(&self) -> rpc_core::ServiceStatus {
-        self.rpc.status()
-    }
-
-    /// The service name.
-    pub fn service_name(&self) -> &str {
-        &self.settings.service_name
-    }
-
     /// Where the HTTP face listens, when it is on.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http.as_ref().map(|h| h.addr)
-    }
-
-    /// The store.
-    pub fn store(&self) -> &Store {
-        &self.store
     }
 
     /// Stops gracefully: HTTP requests and RPC calls in flight finish (and
@@ -201,5 +174,26 @@ impl RunningApp {
             tracing::error!(error = %e, "event relay task failed");
         }
         Ok(rpc?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_http_address_in_use_fails_the_start() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        // Nothing is started before the bind fails: no broker is needed.
+        let mut settings = Settings::new("amqp://127.0.0.1:1/%2f", dir.path().join("p.db"));
+        settings.http = Some(addr);
+        let app = Application::build(settings).await.unwrap();
+        match app.start().await {
+            Err(AppError::Http { addr: a, .. }) => assert_eq!(a, addr),
+            Err(e) => panic!("expected an HTTP error, got {e}"),
+            Ok(_) => panic!("started on an address in use"),
+        }
     }
 }

@@ -153,13 +153,7 @@ async fn create(State(s): State<HttpState>, headers: HeaderMap, body: Body) -> A
             Origin::Http,
         )
         .await?;
-    let location = HeaderValue::from_str(&format!("/person/{}", person.id)).map_err(|_| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
-            "bad location",
-        )
-    })?;
+    let location = format!("/person/{}", person.id);
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location)],
@@ -218,24 +212,25 @@ async fn health(State(s): State<HttpState>) -> Response {
         ServiceStatus::Reconnecting(why) => Err(format!("broker: reconnecting after {why}")),
         ServiceStatus::Stopped(_) => Err("broker: the RPC service has stopped".to_owned()),
     };
-    let reasons: Vec<&String> = [&store, &broker]
+    let reasons: Vec<&str> = [&store, &broker]
         .into_iter()
         .filter_map(|r| r.as_ref().err())
+        .map(String::as_str)
         .collect();
     let check = |r: &Result<String, String>| match r {
-        Ok(v) => Value::from(v.as_str()),
-        Err(e) => Value::from(e.as_str()),
+        Ok(v) | Err(v) => Value::from(v.as_str()),
+    };
+    let (status, state, reason) = if reasons.is_empty() {
+        (StatusCode::OK, "ok", Value::Null)
+    } else {
+        let reason = Value::from(reasons.join("; "));
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable", reason)
     };
     let body = serde_json::json!({
-        "status": if reasons.is_empty() { "ok" } else { "unavailable" },
+        "status": state,
         "checks": {"store": check(&store), "broker": check(&broker)},
-        "reason": if reasons.is_empty() { Value::Null } else { Value::from(reasons.iter().map(|r| r.as_str()).collect::<Vec<_>>().join("; ")) },
+        "reason": reason,
     });
-    let status = if reasons.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
     (status, Json(body)).into_response()
 }
 

@@ -5,8 +5,10 @@
 //! ones count as `<unknown>`), HTTP routes are route templates such as
 //! `/person/{id}` (anything unmatched counts as `unmatched`).
 
+use prometheus::core::Collector;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 use rpc_core::{CallObserver, CallOutcome};
 use std::time::Duration;
@@ -24,7 +26,8 @@ pub struct Metrics {
     rpc_latency: HistogramVec,
     http_requests: IntCounterVec,
     http_latency: HistogramVec,
-    in_flight: IntGaugeVec,
+    rpc_in_flight: IntGauge,
+    http_in_flight: IntGauge,
 }
 
 impl Metrics {
@@ -35,69 +38,51 @@ impl Metrics {
     /// names, which are constants here.
     pub fn new() -> Self {
         let registry = Registry::new();
-        let rpc_calls = IntCounterVec::new(
-            Opts::new(
-                "person_rpc_calls_total",
-                "RPC calls handled, by method and outcome (ok, raised, refused).",
-            ),
+        let rpc_calls = counter(
+            &registry,
+            "person_rpc_calls_total",
+            "RPC calls handled, by method and outcome (ok, raised, refused).",
             &["method", "outcome"],
-        )
-        .expect("valid metric");
-        let rpc_errors = IntCounterVec::new(
-            Opts::new(
-                "person_rpc_errors_total",
-                "RPC calls that ended in an error, by method and exc_type.",
-            ),
+        );
+        let rpc_errors = counter(
+            &registry,
+            "person_rpc_errors_total",
+            "RPC calls that ended in an error, by method and exc_type.",
             &["method", "exc_type"],
-        )
-        .expect("valid metric");
-        let rpc_latency = HistogramVec::new(
-            HistogramOpts::new(
-                "person_rpc_call_duration_seconds",
-                "Time to handle an RPC call, by method.",
-            )
-            .buckets(BUCKETS.to_vec()),
+        );
+        let rpc_latency = histogram(
+            &registry,
+            "person_rpc_call_duration_seconds",
+            "Time to handle an RPC call, by method.",
             &["method"],
-        )
-        .expect("valid metric");
-        let http_requests = IntCounterVec::new(
-            Opts::new(
-                "person_http_requests_total",
-                "HTTP requests, by route, method and status.",
-            ),
+        );
+        let http_requests = counter(
+            &registry,
+            "person_http_requests_total",
+            "HTTP requests, by route, method and status.",
             &["route", "method", "status"],
-        )
-        .expect("valid metric");
-        let http_latency = HistogramVec::new(
-            HistogramOpts::new(
-                "person_http_request_duration_seconds",
-                "Time to answer an HTTP request, by route and method.",
-            )
-            .buckets(BUCKETS.to_vec()),
+        );
+        let http_latency = histogram(
+            &registry,
+            "person_http_request_duration_seconds",
+            "Time to answer an HTTP request, by route and method.",
             &["route", "method"],
-        )
-        .expect("valid metric");
-        let in_flight = IntGaugeVec::new(
-            Opts::new(
-                "person_in_flight",
-                "Requests being handled now, by face (rpc, http).",
-            ),
-            &["face"],
-        )
-        .expect("valid metric");
-        for c in [
-            Box::new(rpc_calls.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(rpc_errors.clone()),
-            Box::new(rpc_latency.clone()),
-            Box::new(http_requests.clone()),
-            Box::new(http_latency.clone()),
-            Box::new(in_flight.clone()),
-        ] {
-            registry.register(c).expect("unique metric");
-        }
-        // Both faces appear (at zero) before their first request.
-        in_flight.with_label_values(&["rpc"]).set(0);
-        in_flight.with_label_values(&["http"]).set(0);
+        );
+        let in_flight = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "person_in_flight",
+                    "Requests being handled now, by face (rpc, http).",
+                ),
+                &["face"],
+            )
+            .expect("valid metric"),
+        );
+        // Looked up once, not on every request; both faces thereby appear
+        // (at zero) before their first request.
+        let rpc_in_flight = in_flight.with_label_values(&["rpc"]);
+        let http_in_flight = in_flight.with_label_values(&["http"]);
         Metrics {
             registry,
             rpc_calls,
@@ -105,18 +90,19 @@ impl Metrics {
             rpc_latency,
             http_requests,
             http_latency,
-            in_flight,
+            rpc_in_flight,
+            http_in_flight,
         }
     }
 
     /// An HTTP request started.
     pub fn http_started(&self) {
-        self.in_flight.with_label_values(&["http"]).inc();
+        self.http_in_flight.inc();
     }
 
     /// An HTTP request finished.
     pub fn http_finished(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
-        self.in_flight.with_label_values(&["http"]).dec();
+        self.http_in_flight.dec();
         self.http_requests
             .with_label_values(&[route, method, &status.to_string()])
             .inc();
@@ -135,6 +121,33 @@ impl Metrics {
     }
 }
 
+/// Registers `metric` in `registry` and returns it.
+fn register<C: Collector + Clone + 'static>(registry: &Registry, metric: C) -> C {
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(
+        registry,
+        IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+    )
+}
+
+/// A latency histogram with [`BUCKETS`].
+fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    register(
+        registry,
+        HistogramVec::new(
+            HistogramOpts::new(name, help).buckets(BUCKETS.to_vec()),
+            labels,
+        )
+        .expect("valid metric"),
+    )
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -143,11 +156,11 @@ impl Default for Metrics {
 
 impl CallObserver for Metrics {
     fn started(&self, _method: &str) {
-        self.in_flight.with_label_values(&["rpc"]).inc();
+        self.rpc_in_flight.inc();
     }
 
     fn finished(&self, method: &str, outcome: CallOutcome<'_>, elapsed: Duration) {
-        self.in_flight.with_label_values(&["rpc"]).dec();
+        self.rpc_in_flight.dec();
         let (label, error) = match outcome {
             CallOutcome::Ok => ("ok", None),
             CallOutcome::Raised(e) => ("raised", Some(e)),

@@ -107,22 +107,21 @@ async fn drain(
                 d
             }
         };
+        let mut ids: Vec<i64> = batch.iter().map(|e| e.id).collect();
         let events: Vec<OutgoingEvent> = batch
-            .iter()
+            .into_iter()
             .map(|e| OutgoingEvent {
                 source_service: source.to_owned(),
-                event_type: e.event_type.clone(),
-                data: e.payload.clone(),
-                call_id_stack: e.context.call_id_stack.clone(),
-                context: e.context.data.clone(),
+                event_type: e.event_type,
+                data: e.payload,
+                call_id_stack: e.context.call_id_stack,
+                context: e.context.data,
             })
             .collect();
         let outcome = d.dispatch_batch(&events).await;
-        let done = match &outcome {
-            Ok(n) => *n,
-            Err(_) => 0,
-        };
-        let ids: Vec<i64> = batch.iter().take(done).map(|e| e.id).collect();
+        let done = *outcome.as_ref().unwrap_or(&0);
+        let nacked = done < ids.len();
+        ids.truncate(done);
         if let Some(last) = ids.last() {
             *published = *last;
         }
@@ -130,7 +129,7 @@ async fn drain(
         tracing::debug!(published = done, "events published");
         match outcome {
             Err(e) => return Err(e.to_string()),
-            Ok(n) if n < batch.len() => return Err("the broker nacked an event".into()),
+            Ok(_) if nacked => return Err("the broker nacked an event".into()),
             Ok(_) => {}
         }
     }

@@ -53,11 +53,10 @@ impl From<DomainError> for RpcError {
     }
 }
 
-/// serde's type complaints, in the words the rest of the API uses.
+/// serde's type complaints, in the words the rest of the API uses (every
+/// integer parameter is an `i64`).
 fn type_message(serde_message: &str) -> String {
-    serde_message
-        .replace("expected i64", "expected an integer")
-        .replace("expected u32", "expected an integer")
+    serde_message.replace("expected i64", "expected an integer")
 }
 
 /// The person methods on a service called `name`. Further entrypoints can

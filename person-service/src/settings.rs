@@ -28,6 +28,13 @@ pub enum LogFormat {
 /// to nameko peers; 0 restores nameko's rule.
 pub const DEFAULT_PREFETCH: u16 = 64;
 
+/// Default worker count, as nameko's.
+const DEFAULT_MAX_WORKERS: u16 = 10;
+/// Default service name.
+const DEFAULT_SERVICE_NAME: &str = "person";
+/// Default largest HTTP request body, in bytes.
+const DEFAULT_HTTP_MAX_BODY: usize = 64 * 1024;
+
 /// person-service's own keys in a `--config` file, beside nameko's
 /// (`AMQP_URI` and `max_workers` are nameko's keys for `--amqp-uri` and
 /// `--max-workers`).
@@ -56,8 +63,8 @@ pub struct Settings {
     /// A nameko config file (YAML, with ${VAR:default} substitution):
     /// AMQP_URI, max_workers, rpc_exchange, parent_calls_tracked, HEARTBEAT,
     /// AMQP_SSL's ca_certs, and this service's own PERSON_DB, SERVICE_NAME,
-    /// HTTP_ADDR, HTTP_MAX_BODY, LOG_FORMAT. Flags and environment win over
-    /// it. A file that cannot be used stops start-up (exit status 2).
+    /// HTTP_ADDR, HTTP_MAX_BODY, LOG_FORMAT, PREFETCH. Flags and environment
+    /// win over it. A file that cannot be used stops start-up (exit status 2).
     #[arg(long = "config", env = "CONFIG_FILE", value_name = "FILE")]
     pub config_file: Option<PathBuf>,
 
@@ -78,7 +85,7 @@ pub struct Settings {
 
     /// Calls served at once (and the prefetch of the request queue). In a
     /// config file: nameko's max_workers (0 there means 10, as in nameko).
-    #[arg(long, env = "MAX_WORKERS", default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, env = "MAX_WORKERS", default_value_t = DEFAULT_MAX_WORKERS, value_parser = clap::value_parser!(u16).range(1..))]
     pub max_workers: u16,
 
     /// Requests held unacknowledged at once (the request queue's prefetch):
@@ -89,7 +96,7 @@ pub struct Settings {
 
     /// Service name: requests come from queue rpc-{name}. Give tests and
     /// staging copies their own.
-    #[arg(long, env = "SERVICE_NAME", default_value = "person")]
+    #[arg(long, env = "SERVICE_NAME", default_value = DEFAULT_SERVICE_NAME)]
     pub service_name: String,
 
     /// Serve the HTTP (REST) face on this address, e.g. 127.0.0.1:8000 or
@@ -98,7 +105,7 @@ pub struct Settings {
     pub http: Option<std::net::SocketAddr>,
 
     /// Largest HTTP request body accepted, in bytes.
-    #[arg(long, env = "HTTP_MAX_BODY", default_value_t = 64 * 1024)]
+    #[arg(long, env = "HTTP_MAX_BODY", default_value_t = DEFAULT_HTTP_MAX_BODY)]
     pub http_max_body: usize,
 
     /// Log format.
@@ -240,11 +247,11 @@ impl Settings {
             config_file: None,
             amqp_uri: amqp_uri.to_owned(),
             db,
-            max_workers: 10,
+            max_workers: DEFAULT_MAX_WORKERS,
             prefetch: DEFAULT_PREFETCH,
-            service_name: "person".to_owned(),
+            service_name: DEFAULT_SERVICE_NAME.to_owned(),
             http: None,
-            http_max_body: 64 * 1024,
+            http_max_body: DEFAULT_HTTP_MAX_BODY,
             log_format: LogFormat::Text,
             file: None,
         }
@@ -313,5 +320,12 @@ mod tests {
         let config = s.rpc_config().unwrap();
         assert_eq!(config.amqp_uri.endpoint(), "h:1");
         assert_eq!(config.rpc_exchange, "nameko-rpc");
+    }
+
+    #[test]
+    fn a_broker_uri_that_does_not_parse_is_refused() {
+        let s = Settings::new("http://h:1/", PathBuf::from("x.db"));
+        let err = s.rpc_config().unwrap_err();
+        assert!(err.contains("http"), "{err}");
     }
 }

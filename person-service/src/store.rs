@@ -190,7 +190,7 @@ pub struct Store {
 }
 
 struct Inner {
-    writer: Mutex<mpsc::Sender<WriteJob>>,
+    writer: mpsc::Sender<WriteJob>,
     readers: Mutex<Vec<Connection>>,
     read_slots: Semaphore,
     path: PathBuf,
@@ -250,7 +250,7 @@ impl Store {
             .map_err(|e| open_err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
         Ok(Store {
             inner: Arc::new(Inner {
-                writer: Mutex::new(tx),
+                writer: tx,
                 readers: Mutex::new(readers),
                 read_slots: Semaphore::new(READERS),
                 path: path.to_owned(),
@@ -405,13 +405,12 @@ impl Store {
 
     async fn write(&self, op: WriteOp, meta: WriteMeta) -> Result<Written, DomainError> {
         let (reply, rx) = oneshot::channel();
-        let sent = self
+        if self
             .inner
             .writer
-            .lock()
-            .map_err(|_| DomainError::Storage)?
-            .send(WriteJob { op, meta, reply });
-        if sent.is_err() {
+            .send(WriteJob { op, meta, reply })
+            .is_err()
+        {
             tracing::error!("the store's writer thread is gone");
             return Err(DomainError::Storage);
         }
@@ -1026,6 +1025,16 @@ mod tests {
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .unwrap();
         assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn an_unusable_path_is_an_open_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Store::open(dir.path()).unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Open { path, .. } if path == dir.path()),
+            "{err}"
+        );
     }
 
     #[test]

@@ -11,9 +11,8 @@
 
 mod helpers;
 
+use helpers::lost_and_duplicated;
 use helpers::process::ServiceProcess;
-use person_service::domain::Page;
-use person_service::store::Store;
 use rpc_core::{Args, CallError, Config, RpcProxy};
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
@@ -58,7 +57,7 @@ fn passed_rounds(log: &std::path::Path) -> usize {
         .unwrap_or_default()
         .lines()
         .filter(|l| {
-            l.contains("round") && l.contains("result=\"pass\"") || l.contains("result=pass")
+            l.contains("round") && (l.contains("result=\"pass\"") || l.contains("result=pass"))
         })
         .count()
 }
@@ -90,7 +89,7 @@ async fn everything_recovers_from_a_broker_restart() {
     config.rpc_timeout = Duration::from_secs(3);
     config.connect_retry.max = Duration::from_secs(1);
     let proxy = RpcProxy::connect(config).await.unwrap();
-    let svc = ServiceProcess::start(&name, &db, &[], &dir.path().join("person.log"), &proxy).await;
+    let svc = ServiceProcess::start(&name, &db, &dir.path().join("person.log"), &proxy).await;
 
     let checker_log = dir.path().join("test-service.log");
     let log_file = std::fs::File::create(&checker_log).unwrap();
@@ -235,18 +234,7 @@ async fn everything_recovers_from_a_broker_restart() {
         "unexpected failures: {:?}",
         &t.unexpected[..t.unexpected.len().min(5)]
     );
-    let store = Store::open(&db).unwrap();
-    let rows = store.list(Page::default()).await.unwrap();
-    let mut by_name: HashMap<&str, Vec<i64>> = HashMap::new();
-    for p in &rows {
-        by_name.entry(p.last_name.as_str()).or_default().push(p.id);
-    }
-    let duplicated = by_name.values().filter(|ids| ids.len() > 1).count();
-    let lost = t
-        .creates
-        .iter()
-        .filter(|(n, id)| by_name.get(n.as_str()) != Some(&vec![**id]))
-        .count();
+    let (lost, duplicated) = lost_and_duplicated(&db, &t.creates).await;
     let sent = t.answered + t.failed_clear.len();
     println!(
         "RELIABILITY scenario=broker-restart sent={sent} answered={} failed_clear={} lost={lost} duplicated={duplicated} broker_stop_s={:.1} outage_s=2 broker_start_s={:.1} recovery_ms={} test_service_rounds_passed_before={passed_before} after={}",

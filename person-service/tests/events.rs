@@ -83,13 +83,7 @@ async fn every_change_over_either_face_dispatches_its_event() {
     app.remote_err("create", Args::new().arg("").arg("x").arg(1))
         .await;
 
-    let created = app
-        .http
-        .post(
-            "/person",
-            Body::Json(json!({"first_name": "Alan", "last_name": "Turing", "age": 41})),
-        )
-        .await;
+    let created = app.http.post_person("Alan", "Turing", 41).await;
     let id2 = created.body["id"].as_i64().unwrap();
     let (kind, data, stack) = next(&mut seen).await;
     assert_eq!(

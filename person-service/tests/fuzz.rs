@@ -7,14 +7,14 @@
 
 mod helpers;
 
-use helpers::process::ServiceProcess;
+use helpers::process::ProcessTest;
 use helpers::raw::Raw;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
-use rpc_core::{json, Args, Config, RpcProxy, Value};
+use rpc_core::{json, Args, Config, Value};
 use std::collections::HashMap;
 use std::time::Duration;
-use test_support::{unique_name, Cleanup};
+use test_support::raw::queue_depth;
 
 /// splitmix64: a seeded generator, so a failure can be replayed.
 struct Rng(u64);
@@ -49,24 +49,16 @@ enum Expect {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_thousand_hostile_requests() {
-    let uri = test_support::require_broker();
-    let name = unique_name("person-fuzz");
-    let _cleanup = Cleanup::new()
-        .service(&name)
-        .exchange(&format!("{name}.events"));
-    let dir = tempfile::tempdir().unwrap();
-    let proxy = RpcProxy::connect(Config::new(&uri).unwrap()).await.unwrap();
-    let mut svc = ServiceProcess::start(
-        &name,
-        &dir.path().join("p.db"),
-        &[],
-        &dir.path().join("log"),
-        &proxy,
+    let t = ProcessTest::new(
+        "person-fuzz",
+        Config::new(&test_support::broker_uri()).unwrap(),
     )
     .await;
+    let (name, proxy) = (&t.name, &t.proxy);
+    let mut svc = t.start("log").await;
     let seeded = proxy
         .call(
-            &name,
+            name,
             "create",
             Args::new().arg("Seed").arg("Person").arg(40),
         )
@@ -249,7 +241,7 @@ async fn twenty_thousand_hostile_requests() {
                 anonymous += 1;
                 let props = BasicProperties::default()
                     .with_content_type("application/json".into())
-                    .with_reply_to(raw.reply_key.as_str().into());
+                    .with_reply_to(raw.reply_key().into());
                 (
                     rk_get.clone(),
                     format!(r#"{{"args": [{seeded}], "kwargs": {{}}}}"#).into_bytes(),
@@ -383,19 +375,7 @@ async fn twenty_thousand_hostile_requests() {
 
     // The queue drained, the service is alive and idle (not spinning), and
     // its memory stayed bounded by the prefetch, not by what was sent.
-    let q = raw
-        .channel
-        .queue_declare(
-            format!("rpc-{name}").as_str().into(),
-            lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(q.message_count(), 0);
+    assert_eq!(queue_depth(&format!("rpc-{name}")).await, 0);
     assert!(svc.is_running(), "person-service died");
     let cpu_before = svc.cpu();
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -409,7 +389,7 @@ async fn twenty_thousand_hostile_requests() {
     assert!(peak_mib < 128, "peak RSS {peak_mib} MiB");
     assert_eq!(
         proxy
-            .call(&name, "get", Args::new().arg(seeded))
+            .call(name, "get", Args::new().arg(seeded))
             .await
             .unwrap(),
         seeded_record

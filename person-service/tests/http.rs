@@ -37,12 +37,7 @@ async fn add_list_modify_delete_with_form_and_json() {
         json!({"id": id, "first_name": "Ada", "last_name": "Lovelace", "age": 36, "member": true})
     );
 
-    let second = http
-        .post(
-            "/person",
-            Body::Json(json!({"first_name": "Alan", "last_name": "Turing", "age": 41})),
-        )
-        .await;
+    let second = http.post_person("Alan", "Turing", 41).await;
     assert_eq!(second.status, 201);
     assert_eq!(second.body["member"], json!(false));
     let id2 = second.body["id"].as_i64().unwrap();
@@ -88,13 +83,7 @@ async fn add_list_modify_delete_with_form_and_json() {
 async fn every_error_code_is_json_with_a_stable_shape() {
     let app = spawn_app().await;
     let http = &app.http;
-    let id = http
-        .post(
-            "/person",
-            Body::Json(json!({"first_name": "E", "last_name": "Rr", "age": 1})),
-        )
-        .await
-        .body["id"]
+    let id = http.post_person("E", "Rr", 1).await.body["id"]
         .as_i64()
         .unwrap();
 
@@ -248,7 +237,9 @@ async fn every_error_code_is_json_with_a_stable_shape() {
     let streamed = reqwest::Client::new()
         .post(format!("{}/person", http.base))
         .header("content-type", "application/json")
-        .body(reqwest::Body::wrap_stream(futures_stream(chunks)))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
         .send()
         .await
         .unwrap();
@@ -271,22 +262,11 @@ async fn every_error_code_is_json_with_a_stable_shape() {
     app.close().await;
 }
 
-fn futures_stream(
-    chunks: Vec<Result<Vec<u8>, std::io::Error>>,
-) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> {
-    futures_util::stream::iter(chunks)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_and_rpc_see_the_same_records_at_once() {
     let app = spawn_app().await;
     let http = &app.http;
-    let created = http
-        .post(
-            "/person",
-            Body::Json(json!({"first_name": "Grace", "last_name": "Hopper", "age": 85})),
-        )
-        .await;
+    let created = http.post_person("Grace", "Hopper", 85).await;
     let id = created.body["id"].as_i64().unwrap();
     assert_eq!(app.ok("get", Args::new().arg(id)).await, created.body);
 
@@ -445,15 +425,7 @@ async fn health_says_503_with_the_reason_while_the_broker_is_unreachable() {
         "{h:?}"
     );
     // The HTTP face still serves the store meanwhile.
-    assert_eq!(
-        http.post(
-            "/person",
-            Body::Json(json!({"first_name": "Off", "last_name": "Line", "age": 1}))
-        )
-        .await
-        .status,
-        201
-    );
+    assert_eq!(http.post_person("Off", "Line", 1).await.status, 201);
     running.shutdown().await.unwrap();
 }
 
@@ -473,13 +445,7 @@ async fn the_openapi_document_is_served_and_true() {
         Method::DELETE,
         Method::PATCH,
     ];
-    let id = http
-        .post(
-            "/person",
-            Body::Json(json!({"first_name": "Doc", "last_name": "Umented", "age": 2})),
-        )
-        .await
-        .body["id"]
+    let id = http.post_person("Doc", "Umented", 2).await.body["id"]
         .as_i64()
         .unwrap();
     for (template, item) in spec()["paths"].as_object().unwrap() {

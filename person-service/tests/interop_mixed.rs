@@ -10,20 +10,18 @@
 //! instances (Python's `get` answers with a record of its own), both must
 //! still be running, and when the first one leaves the other answers alone.
 
+mod helpers;
+
 use futures_util::future::join_all;
+use helpers::python_dir;
 use person_service::domain::NewPerson;
 use person_service::people::{Origin, People};
 use person_service::store::Store;
 use rpc_core::{json, Args, CallError, Config, RpcProxy, ServiceHandle, ServiceStatus, Value};
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use test_support::nameko::NamekoRun;
 use test_support::Cleanup;
-
-fn python_dir() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python"))
-}
 
 fn config() -> Config {
     let mut config = Config::new(&test_support::require_broker()).expect("AMQP_URI parses");

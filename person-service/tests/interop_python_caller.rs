@@ -10,16 +10,11 @@
 
 mod helpers;
 
-use helpers::spawn_app;
+use helpers::{python_dir, spawn_app};
 use rpc_core::{json, Args, CallError, Context, RpcError, RpcProxy, Service, Signature, Value};
-use std::path::Path;
 use std::time::{Duration, Instant};
 use test_support::nameko::NamekoRun;
 use test_support::Cleanup;
-
-fn python_dir() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python"))
-}
 
 /// Calls `ping` until the Python service answers (its queue exists and it
 /// consumes), and returns the answer.
@@ -59,12 +54,8 @@ async fn python_worker_calls_the_rust_person_service_with_its_call_id() {
     let app = spawn_app().await;
     let ctx_name = test_support::unique_name("ctx");
     let py_name = test_support::unique_name("py_caller");
-    // spawn_app's clean-up deletes the person queue; its changes also
-    // declare the person event exchange.
-    let mut cleanup = Cleanup::new()
-        .service(&ctx_name)
-        .service(&py_name)
-        .exchange(&format!("{}.events", app.name));
+    // spawn_app's clean-up deletes the person queue and event exchange.
+    let mut cleanup = Cleanup::new().service(&ctx_name).service(&py_name);
 
     let config = rpc_core::Config::new(&test_support::broker_uri()).unwrap();
     let mut ctx_service = Service::builder(&ctx_name)

@@ -7,16 +7,11 @@
 
 mod helpers;
 
-use helpers::spawn_app;
+use helpers::{python_dir, spawn_app};
 use rpc_core::{json, Value};
 use std::collections::HashMap;
-use std::path::Path;
 use std::time::Duration;
 use test_support::Cleanup;
-
-fn python_dir() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python"))
-}
 
 /// The `JSON {...}` lines of a session, by label. Each may follow the
 /// console's prompts on its line.
@@ -39,9 +34,6 @@ fn person(id: i64, first: &str, last: &str, age: i64, member: bool) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nameko_shell_calls_every_person_method() {
     let app = spawn_app().await;
-    // spawn_app's clean-up deletes the queue; the service's changes also
-    // declare its event exchange.
-    let _events = Cleanup::new().exchange(&format!("{}.events", app.name));
     let script = std::fs::read_to_string(python_dir().join("shell_session.py"))
         .expect("read shell_session.py");
     let name = app.name.clone();

@@ -211,4 +211,10 @@ impl Http {
     pub async fn delete(&self, path: &str) -> Reply {
         self.send(Method::DELETE, path, None).await
     }
+
+    /// `POST /person` with a JSON body, `member` left out.
+    pub async fn post_person(&self, first_name: &str, last_name: &str, age: i64) -> Reply {
+        let person = json!({"first_name": first_name, "last_name": last_name, "age": age});
+        self.post("/person", Body::Json(person)).await
+    }
 }

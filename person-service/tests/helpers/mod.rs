@@ -3,9 +3,12 @@
 
 #![allow(dead_code)]
 
+use person_service::domain::Page;
+use person_service::store::Store;
 use person_service::{Application, RunningApp, Settings};
 use rpc_core::{Args, CallError, RemoteError, RpcProxy, Value};
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use test_support::Cleanup;
 
@@ -47,7 +50,7 @@ pub async fn spawn_app() -> TestApp {
 }
 
 /// Starts (or restarts) a person-service called `name` on `db`.
-pub async fn start(name: &str, db: &std::path::Path) -> RunningApp {
+pub async fn start(name: &str, db: &Path) -> RunningApp {
     let uri = test_support::require_broker();
     let mut settings = Settings::new(&uri, db.to_owned());
     settings.service_name = name.to_owned();
@@ -112,4 +115,32 @@ pub fn assert_invalid(e: &RemoteError, field: &str) {
         "{e:?}"
     );
     assert!(e.value.starts_with(&format!("{field}: ")), "{e:?}");
+}
+
+/// The Python services and scripts of the interop tests.
+pub fn python_dir() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python"))
+}
+
+/// Checks the database `db` against the creates that were answered (last
+/// name → id, each last name used once): returns how many answered creates
+/// are not stored exactly once with the id answered, and how many last
+/// names are stored more than once.
+pub async fn lost_and_duplicated(db: &Path, answered: &HashMap<String, i64>) -> (usize, usize) {
+    let db = db.to_owned();
+    let store = tokio::task::spawn_blocking(move || Store::open(&db))
+        .await
+        .unwrap()
+        .expect("the database opens");
+    let rows = store.list(Page::default()).await.unwrap();
+    let mut by_name: HashMap<&str, Vec<i64>> = HashMap::new();
+    for p in &rows {
+        by_name.entry(p.last_name.as_str()).or_default().push(p.id);
+    }
+    let duplicated = by_name.values().filter(|ids| ids.len() > 1).count();
+    let lost = answered
+        .iter()
+        .filter(|(name, id)| by_name.get(name.as_str()) != Some(&vec![**id]))
+        .count();
+    (lost, duplicated)
 }

@@ -1,10 +1,60 @@
 //! person-service as a separate process (the release-like binary), for
 //! tests that measure its memory or kill it.
 
-use rpc_core::{Args, CallError, RpcProxy};
-use std::path::Path;
+use rpc_core::{Args, CallError, Config, RpcProxy};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
+use test_support::Cleanup;
+
+/// What a test of the person-service binary sets up first: a fresh service
+/// name (its queue and event exchange deleted at the end), a temporary
+/// directory for the database and the logs, and a proxy.
+pub struct ProcessTest {
+    pub name: String,
+    pub dir: tempfile::TempDir,
+    pub db: PathBuf,
+    pub proxy: RpcProxy,
+    _cleanup: Cleanup,
+}
+
+impl ProcessTest {
+    /// A service named `{prefix}-…`, called through a proxy with `config`.
+    pub async fn new(prefix: &str, config: Config) -> ProcessTest {
+        test_support::require_broker();
+        let name = test_support::unique_name(prefix);
+        let cleanup = Cleanup::new()
+            .service(&name)
+            .exchange(&format!("{name}.events"));
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = dir.path().join("p.db");
+        let proxy = RpcProxy::connect(config).await.expect("proxy connects");
+        ProcessTest {
+            name,
+            dir,
+            db,
+            proxy,
+            _cleanup: cleanup,
+        }
+    }
+
+    /// A file in the temporary directory.
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join(file)
+    }
+
+    /// [`ServiceProcess::start`] on this name and database, logging to
+    /// `log` in the temporary directory.
+    pub async fn start(&self, log: &str) -> ServiceProcess {
+        ServiceProcess::start(&self.name, &self.db, &self.path(log), &self.proxy).await
+    }
+
+    /// [`ServiceProcess::spawn`] on this name and database, logging to
+    /// `log` in the temporary directory.
+    pub fn spawn(&self, log: &str) -> ServiceProcess {
+        ServiceProcess::spawn(&self.name, &self.db, &self.path(log))
+    }
+}
 
 pub struct ServiceProcess {
     pub child: Child,
@@ -12,16 +62,10 @@ pub struct ServiceProcess {
 }
 
 impl ServiceProcess {
-    /// Starts `person-service --service-name NAME --db DB` with extra args,
-    /// logs to `log` (a file), and waits until it answers.
-    pub async fn start(
-        name: &str,
-        db: &Path,
-        extra: &[&str],
-        log: &Path,
-        proxy: &RpcProxy,
-    ) -> ServiceProcess {
-        let p = ServiceProcess::spawn(name, db, extra, log);
+    /// Starts `person-service --service-name NAME --db DB`, logging to
+    /// `log` (a file), and waits until it answers.
+    pub async fn start(name: &str, db: &Path, log: &Path, proxy: &RpcProxy) -> ServiceProcess {
+        let p = ServiceProcess::spawn(name, db, log);
         p.wait_ready(proxy).await;
         p
     }
@@ -29,14 +73,13 @@ impl ServiceProcess {
     /// Starts the process without waiting for it: for a test whose own
     /// traffic shows readiness (a readiness call would queue behind a backlog
     /// and hide the time it measures).
-    pub fn spawn(name: &str, db: &Path, extra: &[&str], log: &Path) -> ServiceProcess {
+    pub fn spawn(name: &str, db: &Path, log: &Path) -> ServiceProcess {
         // person-service logs to stdout; stderr goes to the same file.
         let out = std::fs::File::create(log).expect("log file");
         let err = out.try_clone().expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_person-service"))
             .args(["--service-name", name, "--db"])
             .arg(db)
-            .args(extra)
             .env("AMQP_URI", test_support::broker_uri())
             .env("RUST_LOG", "warn")
             .stdout(out)

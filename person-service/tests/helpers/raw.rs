@@ -7,8 +7,6 @@ use test_support::raw::RawClient;
 
 pub struct Raw {
     client: RawClient,
-    pub channel: lapin::Channel,
-    pub reply_key: String,
 }
 
 pub struct RawReply {
@@ -18,12 +16,14 @@ pub struct RawReply {
 
 impl Raw {
     pub async fn connect() -> Raw {
-        let client = RawClient::connect().await;
         Raw {
-            channel: client.channel.clone(),
-            reply_key: client.reply_key.clone(),
-            client,
+            client: RawClient::connect().await,
         }
+    }
+
+    /// The routing key (and `reply_to`) of the reply queue.
+    pub fn reply_key(&self) -> &str {
+        &self.client.reply_key
     }
 
     pub fn props(&self, correlation_id: &str) -> BasicProperties {

@@ -118,15 +118,6 @@ impl Prepared {
     }
 }
 
-/// Connects a proxy that sends `context` with every call.
-pub async fn connect(
-    config: &Config,
-    context: BTreeMap<String, Value>,
-) -> Result<RpcProxy, CliError> {
-    let proxy = RpcProxy::connect(config.clone()).await?;
-    Ok(proxy.with_context_data(context))
-}
-
 /// The result as JSON text: indented, or on one line with `compact`.
 pub fn render(value: &Value, compact: bool) -> String {
     let text = if compact {
@@ -172,7 +163,9 @@ pub async fn run_call(options: &ConnectionOptions, cmd: &CallCommand, compact: b
 }
 
 async fn call_once(config: &Config, prepared: Prepared) -> Result<Value, CliError> {
-    let proxy = connect(config, prepared.context).await?;
+    let proxy = RpcProxy::connect(config.clone())
+        .await?
+        .with_context_data(prepared.context);
     let result = tokio::select! {
         r = proxy.call(&prepared.service, &prepared.method, prepared.args) => r.map_err(CliError::from),
         _ = rpc_core::shutdown::signal() => Err(CliError::Interrupted),

@@ -541,7 +541,7 @@ impl<'a> Parser<'a> {
             let exp_start = i;
             digits(&mut i);
             if i == exp_start {
-                return Err(invalid(i.max(exp_start)));
+                return Err(invalid(i));
             }
         }
         // `1abc`, `1.2.3`: one bad token, not a number then a name.

@@ -154,51 +154,36 @@ impl Cli {
         matches: &ArgMatches,
         file: &FileConfig,
     ) -> Result<(), ConfigFileError> {
-        let from_file = |id: &str| {
-            matches!(
-                matches.value_source(id),
-                None | Some(ValueSource::DefaultValue)
-            )
+        // The file's `key`, unless a flag or the environment set `id`.
+        let text = |id: &str, key: &str| match matches.value_source(id) {
+            None | Some(ValueSource::DefaultValue) => file.get_text(key),
+            Some(_) => Ok(None),
         };
-        let duration = |key: &str, parse: fn(&str) -> Result<Duration, String>| {
-            file.get_text(key)?
+        let duration = |id: &str, key: &str, parse: fn(&str) -> Result<Duration, String>| {
+            text(id, key)?
                 .map(|text| parse(&text).map_err(|e| file.invalid(key, e)))
                 .transpose()
         };
-        if from_file("amqp_uri") {
-            if let Some(uri) = file.get_text("AMQP_URI")? {
-                self.amqp_uri = uri;
-            }
+        if let Some(uri) = text("amqp_uri", "AMQP_URI")? {
+            self.amqp_uri = uri;
         }
-        if from_file("target") {
-            if let Some(target) = file.get_text("TARGET_SERVICE")? {
-                self.target = target;
-            }
+        if let Some(target) = text("target", "TARGET_SERVICE")? {
+            self.target = target;
         }
-        if from_file("service_name") {
-            if let Some(name) = file.get_text("SERVICE_NAME")? {
-                self.service_name = name;
-            }
+        if let Some(name) = text("service_name", "SERVICE_NAME")? {
+            self.service_name = name;
         }
-        if from_file("interval") {
-            if let Some(d) = duration("INTERVAL", positive_seconds)? {
-                self.interval = d;
-            }
+        if let Some(d) = duration("interval", "INTERVAL", positive_seconds)? {
+            self.interval = d;
         }
-        if from_file("timeout") {
-            if let Some(d) = duration("RPC_TIMEOUT", positive_seconds)? {
-                self.timeout = d;
-            }
+        if let Some(d) = duration("timeout", "RPC_TIMEOUT", positive_seconds)? {
+            self.timeout = d;
         }
-        if from_file("wait") {
-            if let Some(d) = duration("WAIT", seconds)? {
-                self.wait = d;
-            }
+        if let Some(d) = duration("wait", "WAIT", seconds)? {
+            self.wait = d;
         }
-        if from_file("event_timeout") {
-            if let Some(d) = duration("EVENT_TIMEOUT", seconds)? {
-                self.event_timeout = d;
-            }
+        if let Some(d) = duration("event_timeout", "EVENT_TIMEOUT", seconds)? {
+            self.event_timeout = d;
         }
         Ok(())
     }
@@ -234,15 +219,15 @@ impl Cli {
 /// Longest duration accepted anywhere: deadlines are computed as
 /// `now + duration`, which panics when it overflows, and anything longer
 /// than this is a typo anyway.
-pub const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
-/// Seconds as a duration; zero allowed, at most [`MAX_SECONDS`].
+/// Seconds as a duration; zero allowed, at most [`MAX_DURATION`].
 pub fn seconds(text: &str) -> Result<Duration, String> {
     let secs: f64 = text
         .trim()
         .parse()
         .map_err(|_| format!("`{text}` is not a number of seconds"))?;
-    if secs > MAX_SECONDS {
+    if secs > MAX_DURATION.as_secs_f64() {
         return Err(format!("`{text}` is more than a year"));
     }
     Duration::try_from_secs_f64(secs).map_err(|_| format!("`{text}` is not a usable duration"))
@@ -376,6 +361,13 @@ mod tests {
                 other => panic!("{text}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_bad_uri_is_refused_without_the_password() {
+        let cli = parse(&["--amqp-uri", "amqp://u:hunter2@h:notaport/v"]);
+        let e = cli.config().unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
     }
 
     #[test]

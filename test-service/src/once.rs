@@ -108,7 +108,7 @@ pub async fn run_once_with(
     options: &OnceOptions,
 ) -> Result<Report, OnceError> {
     let started = Instant::now();
-    let deadline = started + wait.min(Duration::from_secs_f64(crate::cli::MAX_SECONDS));
+    let deadline = started + wait.min(crate::cli::MAX_DURATION);
     // Retries are ours, bounded by the deadline rather than by a count.
     config.connect_retry = RetryPolicy::once();
     let proxy = connect(config.clone(), deadline).await?;

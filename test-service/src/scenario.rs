@@ -226,6 +226,17 @@ pub enum Outcome {
     Skipped(String),
 }
 
+impl Outcome {
+    /// `pass`, `fail` or `skip`.
+    pub fn verdict(&self) -> &'static str {
+        match self {
+            Outcome::Passed => "pass",
+            Outcome::Failed(_) => "fail",
+            Outcome::Skipped(_) => "skip",
+        }
+    }
+}
+
 /// One check: the step, how it ended, and how long its call took.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Check {
@@ -259,11 +270,7 @@ impl fmt::Display for Check {
     /// after a failure; an event's delay after its change's request shows
     /// as `+4.2 ms`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let label = match self.outcome {
-            Outcome::Passed => "PASS",
-            Outcome::Failed(_) => "FAIL",
-            Outcome::Skipped(_) => "SKIP",
-        };
+        let label = self.outcome.verdict().to_ascii_uppercase();
         let sign = if self.step.is_event() { "+" } else { "" };
         let latency = self
             .latency
@@ -337,11 +344,7 @@ impl Report {
             .iter()
             .filter(|c| c.step.is_event())
             .map(|c| {
-                let verdict = match c.outcome {
-                    Outcome::Passed => "pass",
-                    Outcome::Failed(_) => "fail",
-                    Outcome::Skipped(_) => "skip",
-                };
+                let verdict = c.outcome.verdict();
                 match c.latency {
                     Some(d) => format!("{}={verdict}+{:.1}ms", c.step, millis(d)),
                     None => format!("{}={verdict}", c.step),
@@ -630,7 +633,7 @@ impl<C: Caller> Round<'_, C> {
             let deadline = change
                 .replied
                 .checked_add(timeout)
-                .unwrap_or_else(|| change.replied + Duration::from_secs(365 * 24 * 3600));
+                .unwrap_or_else(|| change.replied + crate::cli::MAX_DURATION);
             let Some(event) = watch.wait(kind, deadline).await else {
                 self.report.push(
                     step,

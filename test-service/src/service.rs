@@ -165,10 +165,9 @@ fn build(settings: &Settings, stats: Arc<Stats>, subscribed: watch::Receiver<boo
     let target: Arc<str> = Arc::from(settings.target.as_str());
     let timeout = settings.timeout;
     let event_timeout = settings.event_timeout;
-    let interval = settings.interval.clamp(
-        Duration::from_millis(1),
-        Duration::from_secs_f64(crate::cli::MAX_SECONDS),
-    );
+    let interval = settings
+        .interval
+        .clamp(Duration::from_millis(1), crate::cli::MAX_DURATION);
     let board = EventBoard::new();
     let round_board = board.clone();
     let round_stats = Arc::clone(&stats);

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
-use test_support::{unique_name, Cleanup};
+use test_support::unique_name;
+
+mod common;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -167,14 +169,9 @@ async fn service_mode_takes_its_settings_from_the_file() {
     let target = unique_name("absent");
     // Service mode subscribes to the target's events: its durable queues
     // and the target's exchange go too.
-    let mut cleanup = Cleanup::new()
-        .service(&name)
+    let _cleanup = common::service_cleanup(&name, &target)
         .exchange(&exchange)
         .exchange(&format!("{target}.events"));
-    for event in ["person_created", "person_updated", "person_deleted"] {
-        cleanup.add_queue(&format!("evt-{target}-{event}--{name}.on_{event}"));
-    }
-    let _cleanup = cleanup;
     let path = write_config(
         &dir,
         &format!(

@@ -7,12 +7,14 @@
 //! A fixture is only worth passing if it behaves like the real thing, so a
 //! third test makes the same calls to both and compares every answer.
 
-use person_service::{Application, RunningApp, Settings};
-use rpc_core::{json, Args, CallError, Config, RpcProxy, Value};
-use std::path::{Path, PathBuf};
+use rpc_core::{json, Args, CallError, RpcProxy, Value};
+use std::path::Path;
 use std::time::{Duration, Instant};
 use test_support::nameko::NamekoRun;
 use test_support::Cleanup;
+
+mod common;
+use common::RealPerson;
 
 fn python_dir() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python"))
@@ -28,74 +30,26 @@ fn start_fixture(name: &str) -> NamekoRun {
     )
 }
 
-/// The Rust person-service running as `name` on a fresh database, removed
-/// when this is dropped.
-struct RustPerson {
-    running: Option<RunningApp>,
-    db: PathBuf,
-}
-
-impl RustPerson {
-    async fn start(name: &str) -> RustPerson {
-        let uri = test_support::require_broker();
-        let db = std::env::temp_dir().join(format!("{name}.db"));
-        let mut settings = Settings::new(&uri, db.clone());
-        settings.service_name = name.to_owned();
-        let app = Application::build(settings).await.expect("app builds");
-        let mut running = app.start().await.expect("app starts");
-        running.ready().await.expect("the person-service consumes");
-        RustPerson {
-            running: Some(running),
-            db,
-        }
-    }
-
-    async fn stop(mut self) {
-        if let Some(running) = self.running.take() {
-            running.shutdown().await.expect("stops cleanly");
-        }
-    }
-}
-
-impl Drop for RustPerson {
-    fn drop(&mut self) {
-        for suffix in ["", "-wal", "-shm", "-journal"] {
-            let mut path = self.db.clone().into_os_string();
-            path.push(suffix);
-            let _ = std::fs::remove_file(path);
-        }
-    }
-}
-
-/// What a service's queue and event exchange are called, for clean-up.
-fn cleanup_for(names: &[&str]) -> Cleanup {
-    names.iter().fold(Cleanup::new(), |c, name| {
-        c.service(name).exchange(&format!("{name}.events"))
-    })
+/// Deletes the fixture's queue and event exchange when dropped.
+fn cleanup_for(name: &str) -> Cleanup {
+    Cleanup::new()
+        .service(name)
+        .exchange(&format!("{name}.events"))
 }
 
 /// Runs `test-service --once` against `target`. It waits (up to `--wait`)
 /// for the target to answer, so it can start alongside it.
 async fn run_once(target: &str) -> (Option<i32>, String, String) {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_test-service"))
-        .args([
-            "--once",
-            "--target",
-            target,
-            "--wait",
-            "60",
-            "--timeout",
-            "10",
-        ])
-        .env("AMQP_URI", test_support::require_broker())
-        .output()
-        .await
-        .expect("test-service runs");
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    common::run_test_service(&[
+        "--once",
+        "--target",
+        target,
+        "--wait",
+        "60",
+        "--timeout",
+        "10",
+    ])
+    .await
 }
 
 fn assert_round_passed(target: &str, (code, stdout, stderr): &(Option<i32>, String, String)) {
@@ -136,7 +90,7 @@ fn assert_round_passed(target: &str, (code, stdout, stderr): &(Option<i32>, Stri
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn once_passes_against_the_python_fixture() {
     let name = test_support::unique_name("py_person");
-    let _cleanup = cleanup_for(&[&name]);
+    let _cleanup = cleanup_for(&name);
     let mut fixture = start_fixture(&name);
     let outcome = run_once(&name).await;
     fixture.assert_running();
@@ -147,8 +101,7 @@ async fn once_passes_against_the_python_fixture() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn once_passes_against_the_rust_person_service() {
     let name = test_support::unique_name("rust_person");
-    let _cleanup = cleanup_for(&[&name]);
-    let person = RustPerson::start(&name).await;
+    let person = RealPerson::start(&name).await;
     let outcome = run_once(&name).await;
     assert_round_passed(&name, &outcome);
     person.stop().await;
@@ -204,12 +157,12 @@ async fn wait_until_up(proxy: &RpcProxy, name: &str, fixture: &mut NamekoRun) {
 async fn python_fixture_answers_like_the_rust_person_service() {
     let py = test_support::unique_name("py_person");
     let rust = test_support::unique_name("rust_person");
-    let _cleanup = cleanup_for(&[&py, &rust]);
+    let _cleanup = cleanup_for(&py);
     let mut fixture = start_fixture(&py);
-    let person = RustPerson::start(&rust).await;
-    let mut config = Config::new(&test_support::broker_uri()).unwrap();
-    config.rpc_timeout = Duration::from_secs(10);
-    let proxy = RpcProxy::connect(config).await.expect("proxy connects");
+    let person = RealPerson::start(&rust).await;
+    let proxy = RpcProxy::connect(common::config())
+        .await
+        .expect("proxy connects");
     wait_until_up(&proxy, &py, &mut fixture).await;
 
     use Compare::*;

@@ -4,68 +4,18 @@
 //! and in service mode. Its events come from its outbox relay after each
 //! commit, with the caller's call-id stack, and every check passes.
 
-use person_service::{Application, RunningApp, Settings};
-use rpc_core::Config;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use test_service::events::{self, Kind};
 use test_service::once::{self, OnceOptions};
 use test_service::scenario::{Report, Step};
 use test_service::service::{self, Stats};
-use test_support::Cleanup;
 
-/// The person-service running as `name` on a fresh database, removed (with
-/// its queue and event exchange) when this is dropped.
-struct RealPerson {
-    name: String,
-    running: Option<RunningApp>,
-    db: PathBuf,
-    _cleanup: Cleanup,
-}
+mod common;
+use common::{config, RealPerson};
 
-impl RealPerson {
-    async fn start() -> RealPerson {
-        let uri = test_support::require_broker();
-        let name = test_support::unique_name("person");
-        let cleanup = Cleanup::new()
-            .service(&name)
-            .exchange(&format!("{name}.events"));
-        let db = std::env::temp_dir().join(format!("{name}.db"));
-        let mut settings = Settings::new(&uri, db.clone());
-        settings.service_name = name.clone();
-        let app = Application::build(settings).await.expect("app builds");
-        let mut running = app.start().await.expect("app starts");
-        running.ready().await.expect("the person-service consumes");
-        RealPerson {
-            name,
-            running: Some(running),
-            db,
-            _cleanup: cleanup,
-        }
-    }
-
-    async fn stop(mut self) {
-        if let Some(running) = self.running.take() {
-            running.shutdown().await.expect("stops cleanly");
-        }
-    }
-}
-
-impl Drop for RealPerson {
-    fn drop(&mut self) {
-        for suffix in ["", "-wal", "-shm", "-journal"] {
-            let mut path = self.db.clone().into_os_string();
-            path.push(suffix);
-            let _ = std::fs::remove_file(path);
-        }
-    }
-}
-
-fn config() -> Config {
-    let mut config = Config::new(&test_support::require_broker()).expect("AMQP_URI parses");
-    config.rpc_timeout = Duration::from_secs(10);
-    config
+/// The person-service on a fresh database, under a unique name.
+async fn start_person() -> RealPerson {
+    RealPerson::start(&test_support::unique_name("person")).await
 }
 
 fn assert_all_passed(report: &Report) {
@@ -76,7 +26,7 @@ fn assert_all_passed(report: &Report) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_round_through_the_library_passes_every_check() {
-    let person = RealPerson::start().await;
+    let person = start_person().await;
     let options = OnceOptions {
         subscriber_prefix: test_support::unique_name("ts"),
         event_timeout: Some(Duration::from_secs(10)),
@@ -98,30 +48,20 @@ async fn a_round_through_the_library_passes_every_check() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_once_binary_passes_every_check() {
-    let person = RealPerson::start().await;
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_test-service"))
-        .args([
-            "--once",
-            "--target",
-            &person.name,
-            "--wait",
-            "10",
-            "--timeout",
-            "10",
-            "--service-name",
-            &test_support::unique_name("ts"),
-        ])
-        .env("AMQP_URI", test_support::require_broker())
-        .output()
-        .await
-        .expect("test-service runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "stdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    let person = start_person().await;
+    let (code, stdout, stderr) = common::run_test_service(&[
+        "--once",
+        "--target",
+        &person.name,
+        "--wait",
+        "10",
+        "--timeout",
+        "10",
+        "--service-name",
+        &test_support::unique_name("ts"),
+    ])
+    .await;
+    assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
     for step in Step::ALL {
         assert!(
             stdout.contains(&format!("PASS  {step} ")),
@@ -134,13 +74,9 @@ async fn the_once_binary_passes_every_check() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_mode_rounds_pass_every_check() {
-    let person = RealPerson::start().await;
+    let person = start_person().await;
     let name = test_support::unique_name("test_service");
-    let _cleanup = Kind::ALL
-        .iter()
-        .fold(Cleanup::new().service(&name), |c, kind| {
-            c.queue(&events::queue_name(&person.name, &name, *kind))
-        });
+    let _cleanup = common::service_cleanup(&name, &person.name);
     let stats = Stats::new();
     let settings = service::Settings {
         name: name.clone(),

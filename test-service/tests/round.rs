@@ -23,6 +23,9 @@ use test_service::scenario::{self, EventChecks, Outcome, Person, Report, Step};
 use test_service::service::{self, Stats};
 use test_support::Cleanup;
 
+mod common;
+use common::{config, service_cleanup};
+
 const NOT_FOUND_PATH: &str = "person_service.exceptions.PersonNotFound";
 const VALIDATION_PATH: &str = "person_service.exceptions.ValidationError";
 
@@ -337,12 +340,6 @@ fn assert_only_failed(report: &Report, failed: &[(Step, &str)]) {
     }
 }
 
-fn config() -> Config {
-    let mut config = Config::new(&test_support::require_broker()).expect("AMQP_URI parses");
-    config.rpc_timeout = Duration::from_secs(10);
-    config
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_round_against_a_correct_service_passes_every_check() {
     let config = config();
@@ -608,26 +605,18 @@ async fn a_missing_service_fails_every_check_without_panicking() {
 
 /// Runs the `--once` binary and returns its status, stdout and stderr.
 async fn run_once(uri: &str, target: &str, wait: &str) -> (Option<i32>, String, String) {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_test-service"))
-        .args([
-            "--once",
-            "--amqp-uri",
-            uri,
-            "--target",
-            target,
-            "--wait",
-            wait,
-            "--timeout",
-            "10",
-        ])
-        .output()
-        .await
-        .expect("the binary runs");
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    common::run_test_service(&[
+        "--once",
+        "--amqp-uri",
+        uri,
+        "--target",
+        target,
+        "--wait",
+        wait,
+        "--timeout",
+        "10",
+    ])
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -706,16 +695,6 @@ async fn once_exits_2_without_a_broker_and_hides_the_password() {
     assert!(stderr.contains("127.0.0.1:1"), "{stderr}");
     assert!(!stderr.contains("hunter2"), "{stderr}");
     assert!(!stdout.contains("hunter2"), "{stdout}");
-}
-
-/// Deletes a service-mode checker's queues: its RPC queue and its three
-/// (durable) event queues.
-fn service_cleanup(name: &str, target: &str) -> Cleanup {
-    Kind::ALL
-        .iter()
-        .fold(Cleanup::new().service(name), |c, kind| {
-            c.queue(&events::queue_name(target, name, *kind))
-        })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@
 
 use crate::cli::positive_seconds;
 use crate::syntax::{self, ParseError, Parser, Statement};
-use rpc_core::{Args, Value};
+use rpc_core::Value;
 use std::time::Duration;
 
 /// One line's meaning.
@@ -25,26 +25,9 @@ pub enum Command {
     Timeout(Option<Duration>),
     /// `context …`.
     Context(ContextChange),
-    /// A call; `background` for `async …` / `.call_async(…)`.
-    Call {
-        /// The service.
-        service: String,
-        /// The method.
-        method: String,
-        /// The arguments.
-        args: Args,
-        /// Start it and collect it later with `wait`.
-        background: bool,
-    },
-    /// `dispatch(…)` / `n.dispatch_event(…)`.
-    Dispatch {
-        /// The source service.
-        service: String,
-        /// The event type.
-        event_type: String,
-        /// The event data.
-        data: Value,
-    },
+    /// A call (`background` for `async …` / `.call_async(…)`) or a
+    /// dispatch.
+    Statement(Statement),
     /// `wait` (every background call) or `wait N` (call N).
     Wait(Option<usize>),
     /// `jobs`: the background calls not collected yet.
@@ -62,33 +45,6 @@ pub enum ContextChange {
     Unset(Vec<String>),
     /// `context clear`.
     Clear,
-}
-
-impl From<Statement> for Command {
-    fn from(statement: Statement) -> Self {
-        match statement {
-            Statement::Call {
-                service,
-                method,
-                args,
-                background,
-            } => Command::Call {
-                service,
-                method,
-                args,
-                background,
-            },
-            Statement::Dispatch {
-                service,
-                event_type,
-                data,
-            } => Command::Dispatch {
-                service,
-                event_type,
-                data,
-            },
-        }
-    }
 }
 
 /// Reads one line (or several joined with `\n`, for a statement spanning
@@ -155,12 +111,12 @@ pub fn parse(text: &str) -> Result<Command, ParseError> {
                     ..
                 } => {
                     p.expect_end("after the call")?;
-                    Ok(Command::Call {
+                    Ok(Command::Statement(Statement::Call {
                         service,
                         method,
                         args,
                         background: true,
-                    })
+                    }))
                 }
                 Statement::Dispatch { .. } => Err(error_at(
                     text,
@@ -169,7 +125,7 @@ pub fn parse(text: &str) -> Result<Command, ParseError> {
                 )),
             }
         }
-        _ => syntax::parse_statement(text).map(Command::from),
+        _ => syntax::parse_statement(text).map(Command::Statement),
     }
 }
 
@@ -330,7 +286,7 @@ fn parse_context(text: &str, from: usize) -> Result<Command, ParseError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rpc_core::json;
+    use rpc_core::{json, Args};
 
     fn ok(text: &str) -> Command {
         parse(text).unwrap_or_else(|e| panic!("{text}: {}", e.render(text)))
@@ -414,11 +370,13 @@ mod tests {
 
     #[test]
     fn calls_and_their_background_forms() {
-        let call = |background| Command::Call {
-            service: "person".into(),
-            method: "get".into(),
-            args: Args::new().arg(1),
-            background,
+        let call = |background| {
+            Command::Statement(Statement::Call {
+                service: "person".into(),
+                method: "get".into(),
+                args: Args::new().arg(1),
+                background,
+            })
         };
         assert_eq!(ok("person.get(1)"), call(false));
         assert_eq!(ok("n.rpc.person.get(1)"), call(false));
@@ -427,11 +385,11 @@ mod tests {
         assert_eq!(ok("n.rpc.person.get.call_async(1)"), call(true));
         assert_eq!(
             ok("dispatch('person', 'person_created', {'id': 1})"),
-            Command::Dispatch {
+            Command::Statement(Statement::Dispatch {
                 service: "person".into(),
                 event_type: "person_created".into(),
                 data: json!({"id": 1})
-            }
+            })
         );
         // Services named like commands stay callable.
         for (text, service) in [
@@ -441,7 +399,7 @@ mod tests {
             ("timeout.get(1)", "timeout"),
         ] {
             match ok(text) {
-                Command::Call { service: s, .. } => assert_eq!(s, service),
+                Command::Statement(Statement::Call { service: s, .. }) => assert_eq!(s, service),
                 other => panic!("{text}: {other:?}"),
             }
         }

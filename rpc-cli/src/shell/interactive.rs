@@ -133,7 +133,7 @@ pub async fn run(mut session: Session<Broker>, history: Option<PathBuf>, banner:
                 step = session.run(command, &mut o) => step,
                 () = sigint() => {
                     eprintln!("interrupted: the call is abandoned (a late reply is dropped)");
-                    Step { status: EXIT_OK, exit: false }
+                    Step::OK
                 }
             },
         };

@@ -14,8 +14,8 @@
 //!   exactly one JSON document per result.
 
 use super::command::{Command, ContextChange};
-use crate::call::{render, CliError, EXIT_OK, EXIT_USAGE};
-use crate::syntax::ParseError;
+use crate::call::{self, render, CliError, EXIT_OK, EXIT_USAGE};
+use crate::syntax::{ParseError, Statement};
 use rpc_core::{Args, CallError, RemoteError, Value};
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -83,7 +83,8 @@ pub struct Step {
 }
 
 impl Step {
-    const OK: Step = Step {
+    /// Done, nothing failed, the session goes on.
+    pub const OK: Step = Step {
         status: EXIT_OK,
         exit: false,
     };
@@ -141,11 +142,7 @@ pub struct Session<B> {
 /// `RemoteError PersonNotFound: no person with id 1`, then the path and the
 /// args, which are what a caller matches on.
 pub fn describe_remote(remote: &RemoteError) -> String {
-    let args = serde_json::to_string(&remote.exc_args).unwrap_or_else(|_| "?".to_owned());
-    format!(
-        "RemoteError {}: {}\n  exc_path: {}\n  exc_args: {}",
-        remote.exc_type, remote.value, remote.exc_path, args
-    )
+    format!("RemoteError {}", call::describe_remote(remote))
 }
 
 /// Seconds as the `timeout` command takes them: `30`, `1.5`.
@@ -270,12 +267,12 @@ impl<B: Backend> Session<B> {
                 Step::OK
             }
             Command::Context(change) => self.change_context(change, o),
-            Command::Call {
+            Command::Statement(Statement::Call {
                 service,
                 method,
                 args,
                 background,
-            } => {
+            }) => {
                 let label = format!("{service}.{method}");
                 let request = CallRequest {
                     service,
@@ -306,11 +303,11 @@ impl<B: Backend> Session<B> {
                     Err(e) => self.call_failed(o, &CliError::Call(e), None),
                 }
             }
-            Command::Dispatch {
+            Command::Statement(Statement::Dispatch {
                 service,
                 event_type,
                 data,
-            } => match self
+            }) => match self
                 .backend
                 .dispatch(service.clone(), event_type.clone(), data)
                 .await

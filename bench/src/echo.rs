@@ -51,7 +51,17 @@ impl EchoSettings {
     }
 }
 
-async fn declare_rpc_exchange(channel: &Channel) -> Result<(), lapin::Error> {
+/// `what: error`, for `map_err`.
+fn err(what: &'static str) -> impl Fn(lapin::Error) -> String {
+    move |e| format!("{what}: {e}")
+}
+
+/// A connection and a first channel, with `nameko-rpc` declared.
+async fn connect(amqp_uri: &str) -> Result<(Connection, Channel), String> {
+    let conn = Connection::connect(amqp_uri, ConnectionProperties::default())
+        .await
+        .map_err(err("connecting"))?;
+    let channel = conn.create_channel().await.map_err(err("a channel"))?;
     channel
         .exchange_declare(
             wire::DEFAULT_RPC_EXCHANGE.into(),
@@ -63,6 +73,52 @@ async fn declare_rpc_exchange(channel: &Channel) -> Result<(), lapin::Error> {
             FieldTable::default(),
         )
         .await
+        .map_err(err("declaring nameko-rpc"))?;
+    Ok((conn, channel))
+}
+
+/// Declares the durable queue `queue` (named `what` in errors) with
+/// `args` and binds it to `nameko-rpc` with `binding_key`.
+async fn declare_bound_queue(
+    channel: &Channel,
+    what: &str,
+    queue: &str,
+    binding_key: &str,
+    args: FieldTable,
+) -> Result<(), String> {
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            args,
+        )
+        .await
+        .map_err(|e| format!("declaring {what}: {e}"))?;
+    channel
+        .queue_bind(
+            queue.into(),
+            wire::DEFAULT_RPC_EXCHANGE.into(),
+            binding_key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| format!("binding {what}: {e}"))
+}
+
+/// A channel to publish on, in confirm mode when `settings` say so.
+async fn publish_channel(conn: &Connection, settings: EchoSettings) -> Result<Channel, String> {
+    let publish = conn.create_channel().await.map_err(err("a channel"))?;
+    if settings.confirms {
+        publish
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(err("confirm.select"))?;
+    }
+    Ok(publish)
 }
 
 /// Runs the echo server for service `name` until the process is killed.
@@ -73,47 +129,21 @@ pub async fn serve(
     prefetch: u16,
     settings: EchoSettings,
 ) -> Result<(), String> {
-    let err = |what: &'static str| move |e: lapin::Error| format!("{what}: {e}");
-    let conn = Connection::connect(amqp_uri, ConnectionProperties::default())
-        .await
-        .map_err(err("connecting"))?;
-    let consume = conn.create_channel().await.map_err(err("a channel"))?;
+    let (conn, consume) = connect(amqp_uri).await?;
     consume
         .basic_qos(prefetch, BasicQosOptions { global: false })
         .await
         .map_err(err("basic.qos"))?;
-    declare_rpc_exchange(&consume)
-        .await
-        .map_err(err("declaring nameko-rpc"))?;
     let queue = wire::rpc_queue(name);
-    consume
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map_err(err("declaring the queue"))?;
-    consume
-        .queue_bind(
-            queue.as_str().into(),
-            wire::DEFAULT_RPC_EXCHANGE.into(),
-            wire::rpc_binding_key(name).as_str().into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(err("binding the queue"))?;
-    let publish = conn.create_channel().await.map_err(err("a channel"))?;
-    if settings.confirms {
-        publish
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(err("confirm.select"))?;
-    }
+    declare_bound_queue(
+        &consume,
+        "the queue",
+        &queue,
+        &wire::rpc_binding_key(name),
+        FieldTable::default(),
+    )
+    .await?;
+    let publish = publish_channel(&conn, settings).await?;
     let mut consumer = consume
         .basic_consume(
             queue.as_str().into(),
@@ -186,14 +216,7 @@ pub struct EchoClient {
 impl EchoClient {
     /// Connects and sets up the reply queue.
     pub async fn connect(amqp_uri: &str, settings: EchoSettings) -> Result<EchoClient, String> {
-        let err = |what: &'static str| move |e: lapin::Error| format!("{what}: {e}");
-        let conn = Connection::connect(amqp_uri, ConnectionProperties::default())
-            .await
-            .map_err(err("connecting"))?;
-        let consume = conn.create_channel().await.map_err(err("a channel"))?;
-        declare_rpc_exchange(&consume)
-            .await
-            .map_err(err("declaring nameko-rpc"))?;
+        let (conn, consume) = connect(amqp_uri).await?;
         let reply_key = uuid::Uuid::new_v4().to_string();
         let reply_queue = wire::reply_queue("bench_echo_client", &reply_key);
         let mut args = FieldTable::default();
@@ -201,27 +224,7 @@ impl EchoClient {
             "x-expires".into(),
             AMQPValue::LongInt(wire::REPLY_QUEUE_EXPIRES_MS),
         );
-        consume
-            .queue_declare(
-                reply_queue.as_str().into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..QueueDeclareOptions::default()
-                },
-                args,
-            )
-            .await
-            .map_err(err("declaring the reply queue"))?;
-        consume
-            .queue_bind(
-                reply_queue.as_str().into(),
-                wire::DEFAULT_RPC_EXCHANGE.into(),
-                reply_key.as_str().into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(err("binding the reply queue"))?;
+        declare_bound_queue(&consume, "the reply queue", &reply_queue, &reply_key, args).await?;
         let mut consumer = consume
             .basic_consume(
                 reply_queue.as_str().into(),
@@ -234,13 +237,7 @@ impl EchoClient {
             )
             .await
             .map_err(err("consuming the reply queue"))?;
-        let publish = conn.create_channel().await.map_err(err("a channel"))?;
-        if settings.confirms {
-            publish
-                .confirm_select(ConfirmSelectOptions::default())
-                .await
-                .map_err(err("confirm.select"))?;
-        }
+        let publish = publish_channel(&conn, settings).await?;
         let waiters: Waiters = Arc::default();
         let routes = Arc::clone(&waiters);
         let reader = tokio::spawn(async move {

@@ -174,6 +174,7 @@ pub struct Measured {
     pub first_error: Option<String>,
 }
 
+#[derive(Default)]
 struct Stage {
     ok: u64,
     errors: u64,
@@ -194,12 +195,7 @@ async fn stage(
         let (client, issued, seq) = (Arc::clone(client), Arc::clone(&issued), Arc::clone(seq));
         tasks.push(tokio::spawn(async move {
             let mut rng = Rng::new(0x9E37_79B9_7F4A_7C15 ^ ((i as u64 + 1) * 0x1000_0001));
-            let mut out = Stage {
-                ok: 0,
-                errors: 0,
-                latencies: Vec::new(),
-                first_error: None,
-            };
+            let mut out = Stage::default();
             while Instant::now() < until {
                 if budget.is_some_and(|max| issued.fetch_add(1, Ordering::Relaxed) >= max) {
                     break;
@@ -224,12 +220,7 @@ async fn stage(
             out
         }));
     }
-    let mut all = Stage {
-        ok: 0,
-        errors: 0,
-        latencies: Vec::new(),
-        first_error: None,
-    };
+    let mut all = Stage::default();
     for t in tasks {
         match t.await {
             Ok(s) => {
@@ -259,9 +250,9 @@ pub async fn run_phase(
 ) -> Measured {
     let seq = Arc::new(AtomicU64::new(0));
     let warm = if spec.warmup.is_zero() {
-        None
+        Stage::default()
     } else {
-        Some(stage(client, spec, Instant::now() + spec.warmup, None, &seq).await)
+        stage(client, spec, Instant::now() + spec.warmup, None, &seq).await
     };
     let meter = meter();
     let started = Instant::now();
@@ -275,14 +266,10 @@ pub async fn run_phase(
     .await;
     let elapsed = started.elapsed().as_secs_f64();
     let cost = meter.finish().await;
-    let warmup_errors = warm.as_ref().map_or(0, |w| w.errors);
-    let first_error = measured
-        .first_error
-        .or_else(|| warm.as_ref().and_then(|w| w.first_error.clone()));
     Measured {
         calls: measured.ok,
-        errors: measured.errors + warmup_errors,
-        warmup_calls: warm.as_ref().map_or(0, |w| w.ok),
+        errors: measured.errors + warm.errors,
+        warmup_calls: warm.ok,
         elapsed_s: elapsed,
         calls_per_s: if elapsed > 0.0 {
             measured.ok as f64 / elapsed
@@ -291,6 +278,6 @@ pub async fn run_phase(
         },
         latency: summarize(measured.latencies),
         cost,
-        first_error,
+        first_error: measured.first_error.or(warm.first_error),
     }
 }

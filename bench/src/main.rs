@@ -444,6 +444,24 @@ impl Server {
         }
     }
 
+    /// Who it is in the results.
+    fn target(&self) -> Target {
+        match self {
+            Server::Echo { .. } => Target::Echo,
+            Server::Person { .. } => Target::PersonService,
+            Server::Nameko { .. } => Target::Nameko,
+        }
+    }
+
+    /// Whether its callers publish persistent messages (nameko runs with
+    /// its own settings: persistent).
+    fn persistent(&self) -> bool {
+        match self {
+            Server::Echo { persistent, .. } | Server::Person { persistent, .. } => *persistent,
+            Server::Nameko { .. } => true,
+        }
+    }
+
     fn rows(&self) -> u64 {
         match self {
             Server::Echo { .. } => 1,
@@ -454,17 +472,18 @@ impl Server {
 
 /// The results of one server's phases.
 struct Served {
+    target: Target,
     phases: Vec<(Workload, usize, Measured)>,
     durability: Option<(u64, u64, u64)>,
 }
 
-struct Bench {
-    plan: Plan,
+struct Bench<'a> {
+    plan: &'a Plan,
     dir: tempfile::TempDir,
     broker: Option<u32>,
 }
 
-impl Bench {
+impl Bench<'_> {
     fn spec(&self, workload: Workload, callers: usize, rows: u64) -> PhaseSpec {
         PhaseSpec {
             workload,
@@ -478,12 +497,11 @@ impl Bench {
     }
 
     /// Starts `server`, runs `phases` against it with a client publishing
-    /// `persistent` messages, stops it, and cleans up.
+    /// as [`Server::persistent`] says, stops it, and cleans up.
     async fn measure(
         &self,
         label: &str,
         server: &Server,
-        persistent: bool,
         phases: &[(Workload, usize)],
     ) -> Result<Served, String> {
         let name = format!(
@@ -491,11 +509,31 @@ impl Bench {
             server.kind(),
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
-        let result = self
-            .measure_named(&name, label, server, persistent, phases)
-            .await;
+        let result = self.measure_named(&name, label, server, phases).await;
         targets::delete_service_entities(&self.plan.amqp_uri, &name).await;
         result
+    }
+
+    /// Measures `server` and pushes its phases to the settings sweep as
+    /// `variant`.
+    async fn sweep(
+        &self,
+        results: &mut Results,
+        variant: String,
+        server: Server,
+        phases: &[(Workload, usize)],
+    ) -> Result<(), String> {
+        let served = self.measure(&variant, &server, phases).await?;
+        for (workload, callers, measured) in served.phases {
+            results.sweep.push(SweepRow {
+                variant: variant.clone(),
+                target: served.target,
+                workload,
+                callers,
+                measured,
+            });
+        }
+        Ok(())
     }
 
     async fn measure_named(
@@ -503,17 +541,16 @@ impl Bench {
         name: &str,
         label: &str,
         server: &Server,
-        persistent: bool,
         phases: &[(Workload, usize)],
     ) -> Result<Served, String> {
-        let plan = &self.plan;
+        let plan = self.plan;
         let log = self.dir.path().join(format!("{name}.log"));
         let db = self.dir.path().join(format!("{name}.db"));
         let rows = server.rows();
         if !matches!(server, Server::Echo { .. }) {
-            let (path, n) = (db.clone(), rows);
+            let path = db.clone();
             let started = std::time::Instant::now();
-            tokio::task::spawn_blocking(move || seed::create_db(&path, n))
+            tokio::task::spawn_blocking(move || seed::create_db(&path, rows))
                 .await
                 .map_err(|e| e.to_string())??;
             eprintln!(
@@ -576,7 +613,7 @@ impl Bench {
                     echo::EchoClient::connect(
                         &plan.amqp_uri,
                         echo::EchoSettings {
-                            persistent,
+                            persistent: server.persistent(),
                             confirms: *confirms,
                         },
                     )
@@ -586,7 +623,7 @@ impl Bench {
             },
             _ => {
                 let mut config = Config::new(&plan.amqp_uri).map_err(|e| e.to_string())?;
-                config.persistent = persistent;
+                config.persistent = server.persistent();
                 config.rpc_timeout = Duration::from_secs_f64(plan.timeout_s);
                 config.connect_retry = RetryPolicy {
                     attempts: Some(3),
@@ -632,7 +669,11 @@ impl Bench {
                 .map_err(|e| e.to_string())??;
             Some((rows, creates, found))
         };
-        Ok(Served { phases, durability })
+        Ok(Served {
+            target: server.target(),
+            phases,
+            durability,
+        })
     }
 
     async fn run_phases(
@@ -652,7 +693,7 @@ impl Bench {
         let mut out = Vec::new();
         for &(workload, callers) in phases {
             let spec = self.spec(workload, callers, rows);
-            let m = load::run_phase(client, spec, || Meter::start(Some(pid), self.broker)).await;
+            let m = load::run_phase(client, spec, || Meter::start(pid, self.broker)).await;
             eprintln!(
                 "  {label:<40} {:<6} x{callers:<3} {:>8.0} calls/s  p50 {:>7.3} ms  p99 {:>7.3} ms  errors {}{}",
                 workload.method(),
@@ -688,7 +729,8 @@ fn main_phases(plan: &Plan) -> Vec<(Workload, usize)> {
         .collect()
 }
 
-fn push_rows(results: &mut Results, target: Target, mode: Mode, served: Served) {
+fn push_rows(results: &mut Results, mode: Mode, served: Served) {
+    let target = served.target;
     for (workload, callers, measured) in served.phases {
         results.rows.push(Row {
             target,
@@ -741,7 +783,7 @@ async fn wait_quiet(within: Duration, broker: Option<u32>) -> Option<f64> {
     last
 }
 
-async fn run(plan: Plan) -> Result<(Results, Machine), String> {
+async fn run(plan: &Plan) -> Result<(Results, Machine), String> {
     let broker = procstat::find_process("beam.smp");
     if plan.wait_quiet_s > 0.0 {
         eprintln!(
@@ -771,30 +813,22 @@ async fn run(plan: Plan) -> Result<(Results, Machine), String> {
         "phases: warm-up {} s, window {} s or {} calls; callers {:?}; {} seeded rows; max_workers {}, prefetch {}",
         plan.warmup_s, plan.window_s, plan.max_calls, plan.callers, plan.seed_rows, plan.max_workers, plan.prefetch
     );
-    let bench = Bench {
-        plan: plan.clone(),
-        dir,
-        broker,
-    };
+    let bench = Bench { plan, dir, broker };
     let mut results = Results::default();
     if broker.is_none() {
         results
             .notes
             .push("beam.smp not found: broker CPU is not measured".into());
     }
-    let phases = main_phases(&plan);
-    let nameko_ok = match plan.nameko {
-        NamekoArg::Off => false,
-        _ => match tokio::task::block_in_place(|| targets::ensure_nameko_venv(&plan.nameko_venv)) {
+    let phases = main_phases(plan);
+    let nameko_ok = plan.nameko != NamekoArg::Off
+        && match tokio::task::block_in_place(|| targets::ensure_nameko_venv(&plan.nameko_venv)) {
             Ok(()) => true,
-            Err(e) if plan.nameko == NamekoArg::Require => return Err(format!("nameko: {e}")),
             Err(e) => {
-                eprintln!("nameko: not measured: {e}");
-                results.notes.push(format!("nameko not measured: {e}"));
+                nameko_not_measured(plan, &mut results, e)?;
                 false
             }
-        },
-    };
+        };
     for &mode in &plan.modes {
         let persistent = mode == Mode::Persistent;
         eprintln!("== {} ==", mode.label());
@@ -805,8 +839,8 @@ async fn run(plan: Plan) -> Result<(Results, Machine), String> {
             frame_max: None,
         };
         let label = format!("echo ceiling ({})", mode.label());
-        let served = bench.measure(&label, &echo, persistent, &phases).await?;
-        push_rows(&mut results, Target::Echo, mode, served);
+        let served = bench.measure(&label, &echo, &phases).await?;
+        push_rows(&mut results, mode, served);
         let person = Server::Person {
             persistent,
             max_workers: plan.max_workers,
@@ -815,21 +849,17 @@ async fn run(plan: Plan) -> Result<(Results, Machine), String> {
             frame_max: None,
         };
         let label = format!("person-service ({})", mode.label());
-        let served = bench.measure(&label, &person, persistent, &phases).await?;
-        push_rows(&mut results, Target::PersonService, mode, served);
+        let served = bench.measure(&label, &person, &phases).await?;
+        push_rows(&mut results, mode, served);
     }
     if nameko_ok {
         eprintln!("== nameko 2.14.1 (its own settings: persistent, confirms) ==");
         let server = Server::Nameko {
             rows: plan.seed_rows,
         };
-        match bench.measure("nameko 2.14.1", &server, true, &phases).await {
-            Ok(served) => push_rows(&mut results, Target::Nameko, Mode::Persistent, served),
-            Err(e) if plan.nameko == NamekoArg::Require => return Err(format!("nameko: {e}")),
-            Err(e) => {
-                eprintln!("nameko: not measured: {e}");
-                results.notes.push(format!("nameko not measured: {e}"));
-            }
+        match bench.measure("nameko 2.14.1", &server, &phases).await {
+            Ok(served) => push_rows(&mut results, Mode::Persistent, served),
+            Err(e) => nameko_not_measured(plan, &mut results, e)?,
         }
     }
     if !plan.list_rows.is_empty() {
@@ -847,12 +877,7 @@ async fn run(plan: Plan) -> Result<(Results, Machine), String> {
             };
             let label = format!("person-service list, {rows} rows");
             let served = bench
-                .measure(
-                    &label,
-                    &server,
-                    true,
-                    &[(Workload::List, plan.list_callers)],
-                )
+                .measure(&label, &server, &[(Workload::List, plan.list_callers)])
                 .await?;
             for (_, callers, measured) in served.phases {
                 results.list.push(ListRow {
@@ -865,7 +890,8 @@ async fn run(plan: Plan) -> Result<(Results, Machine), String> {
     }
     if plan.sweep {
         eprintln!("== settings sweep ==");
-        let at = |w: Workload| [(w, 1), (w, 64)];
+        let echo_at_64 = [(Workload::Get, 64)];
+        let person_at_64 = [(Workload::Get, 64), (Workload::Create, 64)];
         for (persistent, confirms) in [(true, true), (false, true), (true, false), (false, false)] {
             let variant = format!(
                 "echo {}, confirms {}, prefetch {}",
@@ -883,10 +909,8 @@ async fn run(plan: Plan) -> Result<(Results, Machine), String> {
                 prefetch: plan.prefetch,
                 frame_max: None,
             };
-            let served = bench
-                .measure(&variant, &server, persistent, &at(Workload::Get))
-                .await?;
-            push_sweep(&mut results, &variant, Target::Echo, served);
+            let phases = [(Workload::Get, 1), (Workload::Get, 64)];
+            bench.sweep(&mut results, variant, server, &phases).await?;
         }
         // nameko's rule, prefetch = max_workers, beside the prefetch in use.
         let nameko_rule = plan.max_workers;
@@ -898,10 +922,9 @@ async fn run(plan: Plan) -> Result<(Results, Machine), String> {
                 prefetch: nameko_rule,
                 frame_max: None,
             };
-            let served = bench
-                .measure(&variant, &server, true, &[(Workload::Get, 64)])
+            bench
+                .sweep(&mut results, variant, server, &echo_at_64)
                 .await?;
-            push_sweep(&mut results, &variant, Target::Echo, served);
             let variant = format!(
                 "person-service persistent, max_workers {}, prefetch {nameko_rule} (nameko's rule)",
                 plan.max_workers
@@ -913,18 +936,10 @@ async fn run(plan: Plan) -> Result<(Results, Machine), String> {
                 rows: plan.seed_rows,
                 frame_max: None,
             };
-            let served = bench
-                .measure(
-                    &variant,
-                    &server,
-                    true,
-                    &[(Workload::Get, 64), (Workload::Create, 64)],
-                )
+            bench
+                .sweep(&mut results, variant, server, &person_at_64)
                 .await?;
-            push_sweep(&mut results, &variant, Target::PersonService, served);
         }
-    }
-    if plan.sweep {
         // lapin keeps two ring buffers of 32 × frame_max per connection
         // (4 MiB each at RabbitMQ's default frame_max of 128 KiB).
         let frame_max = 16_384;
@@ -938,10 +953,9 @@ async fn run(plan: Plan) -> Result<(Results, Machine), String> {
             prefetch: plan.prefetch,
             frame_max: Some(frame_max),
         };
-        let served = bench
-            .measure(&variant, &server, true, &[(Workload::Get, 64)])
+        bench
+            .sweep(&mut results, variant, server, &echo_at_64)
             .await?;
-        push_sweep(&mut results, &variant, Target::Echo, served);
         let variant = format!(
             "person-service persistent, prefetch {}, frame_max {frame_max}",
             plan.prefetch
@@ -953,31 +967,23 @@ async fn run(plan: Plan) -> Result<(Results, Machine), String> {
             rows: plan.seed_rows,
             frame_max: Some(frame_max),
         };
-        let served = bench
-            .measure(
-                &variant,
-                &server,
-                true,
-                &[(Workload::Get, 64), (Workload::Create, 64)],
-            )
+        bench
+            .sweep(&mut results, variant, server, &person_at_64)
             .await?;
-        push_sweep(&mut results, &variant, Target::PersonService, served);
     }
     results.compute_ratios();
     results.compute_checks(&plan.modes);
     Ok((results, machine))
 }
 
-fn push_sweep(results: &mut Results, variant: &str, target: Target, served: Served) {
-    for (workload, callers, measured) in served.phases {
-        results.sweep.push(SweepRow {
-            variant: variant.to_owned(),
-            target,
-            workload,
-            callers,
-            measured,
-        });
+/// nameko could not run: an error with `--nameko require`, else a note.
+fn nameko_not_measured(plan: &Plan, results: &mut Results, e: String) -> Result<(), String> {
+    if plan.nameko == NamekoArg::Require {
+        return Err(format!("nameko: {e}"));
     }
+    eprintln!("nameko: not measured: {e}");
+    results.notes.push(format!("nameko not measured: {e}"));
+    Ok(())
 }
 
 fn print_report(plan: &Plan, machine: &Machine, results: &Results) {
@@ -1111,7 +1117,7 @@ fn main() -> ExitCode {
         }
         None => {
             let outcome = plan(&cli.run).and_then(|plan| {
-                let (results, machine) = runtime()?.block_on(run(plan.clone()))?;
+                let (results, machine) = runtime()?.block_on(run(&plan))?;
                 print_report(&plan, &machine, &results);
                 if let Some(path) = &cli.run.json {
                     write_json(path, &plan, &machine, &results)?;

@@ -61,18 +61,20 @@ pub fn load_average() -> Option<f64> {
         .ok()
 }
 
-/// `RssAnon` in KiB: the process's own memory, without the mapped binary
-/// and libraries that `VmRSS` also counts.
-pub fn anon_kib(pid: u32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
+/// A process's memory from one read of `/proc/PID/status`, in KiB.
+#[derive(Clone, Copy, Debug)]
+pub struct Memory {
+    /// `VmRSS`.
+    pub rss: u64,
+    /// `VmHWM`: the peak RSS (since start or the last [`reset_peak`]).
+    pub hwm: u64,
+    /// `RssAnon`: the process's own memory, without the mapped binary and
+    /// libraries that `VmRSS` also counts.
+    pub anon: Option<u64>,
 }
 
-/// `VmRSS` and `VmHWM` in KiB.
-pub fn memory_kib(pid: u32) -> Option<(u64, u64)> {
+/// `VmRSS`, `VmHWM` and `RssAnon`; `None` when the process is gone.
+pub fn memory_kib(pid: u32) -> Option<Memory> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |name: &str| -> Option<u64> {
         text.lines()
@@ -80,7 +82,11 @@ pub fn memory_kib(pid: u32) -> Option<(u64, u64)> {
             .and_then(|v| v.split_whitespace().next())
             .and_then(|v| v.parse().ok())
     };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
+    Some(Memory {
+        rss: field("VmRSS:")?,
+        hwm: field("VmHWM:")?,
+        anon: field("RssAnon:"),
+    })
 }
 
 /// Resets a process's peak RSS to its current RSS; false when not allowed.
@@ -125,26 +131,37 @@ pub struct Cost {
     pub other_cpu_s: Option<f64>,
 }
 
+/// CPU seconds so far of the service, the broker, this process and the
+/// whole machine (busy time), in that order.
+fn cpu_now(service: u32, broker: Option<u32>) -> [Option<f64>; 4] {
+    [
+        cpu_seconds(service),
+        broker.and_then(cpu_seconds),
+        cpu_seconds(own_pid()),
+        machine_busy_seconds(),
+    ]
+}
+
 /// Measures one window; see the module docs.
 pub struct Meter {
-    service: Option<u32>,
+    service: u32,
     broker: Option<u32>,
     start: [Option<f64>; 4],
     hwm_reset: bool,
     peak_kib: Arc<AtomicU64>,
     peak_anon_kib: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
-    sampler: Option<tokio::task::JoinHandle<()>>,
+    sampler: tokio::task::JoinHandle<()>,
 }
 
 impl Meter {
-    /// Starts measuring `service` (if any) and `broker` (if found).
-    pub fn start(service: Option<u32>, broker: Option<u32>) -> Meter {
-        let hwm_reset = service.is_some_and(reset_peak);
+    /// Starts measuring `service` and `broker` (if found).
+    pub fn start(service: u32, broker: Option<u32>) -> Meter {
+        let hwm_reset = reset_peak(service);
         let peak_kib = Arc::new(AtomicU64::new(0));
         let peak_anon_kib = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let sampler = service.map(|pid| {
+        let sampler = {
             let (peak, anon, stop) = (
                 Arc::clone(&peak_kib),
                 Arc::clone(&peak_anon_kib),
@@ -152,25 +169,20 @@ impl Meter {
             );
             tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
-                    if let Some((rss, _)) = memory_kib(pid) {
-                        peak.fetch_max(rss, Ordering::Relaxed);
-                    }
-                    if let Some(kib) = anon_kib(pid) {
-                        anon.fetch_max(kib, Ordering::Relaxed);
+                    if let Some(m) = memory_kib(service) {
+                        peak.fetch_max(m.rss, Ordering::Relaxed);
+                        if let Some(kib) = m.anon {
+                            anon.fetch_max(kib, Ordering::Relaxed);
+                        }
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             })
-        });
+        };
         Meter {
             service,
             broker,
-            start: [
-                service.and_then(cpu_seconds),
-                broker.and_then(cpu_seconds),
-                cpu_seconds(own_pid()),
-                machine_busy_seconds(),
-            ],
+            start: cpu_now(service, broker),
             hwm_reset,
             peak_kib,
             peak_anon_kib,
@@ -180,26 +192,19 @@ impl Meter {
     }
 
     /// Ends the window and reports its cost.
-    pub async fn finish(mut self) -> Cost {
-        let end = [
-            self.service.and_then(cpu_seconds),
-            self.broker.and_then(cpu_seconds),
-            cpu_seconds(own_pid()),
-            machine_busy_seconds(),
-        ];
+    pub async fn finish(self) -> Cost {
+        let end = cpu_now(self.service, self.broker);
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(sampler) = self.sampler.take() {
-            let _ = sampler.await;
-        }
+        let _ = self.sampler.await;
         let delta = |i: usize| match (self.start[i], end[i]) {
             (Some(a), Some(b)) => Some(b - a),
             _ => None,
         };
         let mut peak = self.peak_kib.load(Ordering::Relaxed);
-        if let Some((rss, hwm)) = self.service.and_then(memory_kib) {
-            peak = peak.max(rss);
+        if let Some(m) = memory_kib(self.service) {
+            peak = peak.max(m.rss);
             if self.hwm_reset {
-                peak = peak.max(hwm);
+                peak = peak.max(m.hwm);
             }
         }
         let anon = self.peak_anon_kib.load(Ordering::Relaxed);
@@ -223,7 +228,7 @@ mod tests {
     fn reads_its_own_process() {
         let pid = own_pid();
         assert!(cpu_seconds(pid).is_some());
-        let (rss, hwm) = memory_kib(pid).unwrap();
+        let Memory { rss, hwm, .. } = memory_kib(pid).unwrap();
         assert!(rss > 0 && hwm >= rss);
     }
 }

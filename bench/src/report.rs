@@ -240,9 +240,7 @@ impl Results {
                 .iter()
                 .filter(|r| r.target == Target::PersonService && r.mode == mode && r.callers == 64)
                 .filter_map(|r| r.measured.cost.service_peak_rss_mb)
-                .fold(None, |acc: Option<f64>, v| {
-                    Some(acc.map_or(v, |a| a.max(v)))
-                });
+                .reduce(f64::max);
             checks.push(judge(
                 format!("[{m}] person-service RSS under the 64-caller load < 20 MB"),
                 rss.map(|r| (r, r < 20.0)),
@@ -337,17 +335,18 @@ fn per_call_us(cpu: Option<f64>, calls: u64) -> Option<f64> {
 
 /// A Markdown table with aligned columns: the first `left` columns (text)
 /// aligned left, the rest (numbers) right.
-pub fn markdown(header: &[&str], left: usize, rows: &[Vec<String>]) -> String {
+fn markdown(header: &[&str], left: usize, rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let line = |cells: Vec<String>| {
+    fn line<S: AsRef<str>>(cells: &[S], widths: &[usize], left: usize) -> String {
         let padded: Vec<String> = cells
             .iter()
-            .zip(&widths)
+            .map(AsRef::as_ref)
+            .zip(widths)
             .enumerate()
             .map(|(i, (c, w))| {
                 if i < left {
@@ -358,38 +357,31 @@ pub fn markdown(header: &[&str], left: usize, rows: &[Vec<String>]) -> String {
             })
             .collect();
         format!("| {} |\n", padded.join(" | "))
-    };
-    let mut out = line(header.iter().map(|h| (*h).to_owned()).collect());
-    out.push_str(&format!(
-        "|{}|\n",
-        widths
-            .iter()
-            .enumerate()
-            .map(|(i, w)| if i < left {
+    }
+    let mut out = line(header, &widths, left);
+    let rule: Vec<String> = widths
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            if i < left {
                 format!(":{}", "-".repeat(w + 1))
             } else {
                 format!("{}:", "-".repeat(w + 1))
-            })
-            .collect::<Vec<_>>()
-            .join("|")
-    ));
+            }
+        })
+        .collect();
+    let _ = writeln!(out, "|{}|", rule.join("|"));
     for row in rows {
-        out.push_str(&line(row.clone()));
+        out.push_str(&line(row, &widths, left));
     }
     out
 }
 
-const MAIN_HEADER: &[&str] = &[
-    "target",
-    "workload",
-    "callers",
-    "calls/s",
-    "p50 ms",
-    "p99 ms",
-    "errors",
-    "÷ceiling calls/s",
-    "÷ceiling p50",
-    "× nameko",
+/// Columns of every table after its key columns: what the callers saw.
+const MEASURED_COLUMNS: [&str; 4] = ["calls/s", "p50 ms", "p99 ms", "errors"];
+
+/// Columns of every table at its end: what the window cost.
+const COST_COLUMNS: [&str; 8] = [
     "svc peak RSS MB (anon)",
     "svc CPU s",
     "broker CPU s",
@@ -400,18 +392,24 @@ const MAIN_HEADER: &[&str] = &[
     "client µs/call",
 ];
 
-fn measured_cells(m: &Measured) -> Vec<String> {
-    vec![
+/// A table's header: its key columns, [`MEASURED_COLUMNS`], its own
+/// columns (`between`), [`COST_COLUMNS`]; as [`cells`] lays out a row.
+fn header<'a>(keys: &[&'a str], between: &[&'a str]) -> Vec<&'a str> {
+    [keys, &MEASURED_COLUMNS[..], between, &COST_COLUMNS[..]].concat()
+}
+
+/// A table's row, in the order of [`header`].
+fn cells(keys: Vec<String>, m: &Measured, between: Vec<String>) -> Vec<String> {
+    let c = &m.cost;
+    let mut out = keys;
+    out.extend([
         format!("{:.0}", m.calls_per_s),
         format!("{:.3}", m.latency.p50_ms),
         format!("{:.3}", m.latency.p99_ms),
         m.errors.to_string(),
-    ]
-}
-
-fn cost_cells(m: &Measured) -> Vec<String> {
-    let c = &m.cost;
-    vec![
+    ]);
+    out.extend(between);
+    out.extend([
         format!(
             "{} ({})",
             fmt_opt(c.service_peak_rss_mb, 1),
@@ -424,12 +422,21 @@ fn cost_cells(m: &Measured) -> Vec<String> {
         fmt_opt(per_call_us(c.service_cpu_s, m.calls), 0),
         fmt_opt(per_call_us(c.broker_cpu_s, m.calls), 0),
         fmt_opt(per_call_us(c.client_cpu_s, m.calls), 0),
-    ]
+    ]);
+    out
 }
 
 /// The table of one mode; nameko's rows (measured once, with its own
 /// settings) go in the table with `include_nameko`.
 pub fn mode_table(results: &Results, mode: Mode, include_nameko: bool) -> String {
+    // A target's ratio to itself is written "1".
+    let ratio_cell = |own: bool, v: Option<f64>, prec: usize| {
+        if own {
+            "1".to_owned()
+        } else {
+            fmt_opt(v, prec)
+        }
+    };
     let rows: Vec<Vec<String>> = results
         .rows
         .iter()
@@ -441,102 +448,63 @@ pub fn mode_table(results: &Results, mode: Mode, include_nameko: bool) -> String
             }
         })
         .map(|r| {
-            let mut cells = vec![
-                r.target.label().to_owned(),
-                r.workload.method().to_owned(),
-                r.callers.to_string(),
-            ];
-            cells.extend(measured_cells(&r.measured));
-            let (rate, p50, nameko) = if r.target == Target::Echo {
-                (
-                    "1".to_owned(),
-                    "1".to_owned(),
-                    fmt_opt(r.nameko_rate_ratio, 1),
-                )
-            } else {
-                (
-                    fmt_opt(r.ceiling_rate_ratio, 2),
-                    fmt_opt(r.ceiling_p50_ratio, 2),
-                    if r.target == Target::Nameko {
-                        "1".to_owned()
-                    } else {
-                        fmt_opt(r.nameko_rate_ratio, 1)
-                    },
-                )
-            };
-            cells.extend([rate, p50, nameko]);
-            cells.extend(cost_cells(&r.measured));
-            cells
+            let (echo, nameko) = (r.target == Target::Echo, r.target == Target::Nameko);
+            cells(
+                vec![
+                    r.target.label().to_owned(),
+                    r.workload.method().to_owned(),
+                    r.callers.to_string(),
+                ],
+                &r.measured,
+                vec![
+                    ratio_cell(echo, r.ceiling_rate_ratio, 2),
+                    ratio_cell(echo, r.ceiling_p50_ratio, 2),
+                    ratio_cell(nameko, r.nameko_rate_ratio, 1),
+                ],
+            )
         })
         .collect();
-    markdown(MAIN_HEADER, 2, &rows)
+    let header = header(
+        &["target", "workload", "callers"],
+        &["÷ceiling calls/s", "÷ceiling p50", "× nameko"],
+    );
+    markdown(&header, 2, &rows)
 }
 
 /// The list proportionality table.
 pub fn list_table(results: &Results) -> String {
-    let header = [
-        "table rows",
-        "callers",
-        "calls/s",
-        "p50 ms",
-        "p99 ms",
-        "errors",
-        "svc peak RSS MB (anon)",
-        "svc CPU s",
-        "broker CPU s",
-        "client CPU s",
-        "other CPU s",
-        "svc µs/call",
-        "broker µs/call",
-        "client µs/call",
-    ];
     let rows: Vec<Vec<String>> = results
         .list
         .iter()
         .map(|l| {
-            let mut cells = vec![l.table_rows.to_string(), l.callers.to_string()];
-            cells.extend(measured_cells(&l.measured));
-            cells.extend(cost_cells(&l.measured));
-            cells
+            cells(
+                vec![l.table_rows.to_string(), l.callers.to_string()],
+                &l.measured,
+                Vec::new(),
+            )
         })
         .collect();
-    markdown(&header, 0, &rows)
+    markdown(&header(&["table rows", "callers"], &[]), 0, &rows)
 }
 
 /// The settings sweep table.
 pub fn sweep_table(results: &Results) -> String {
-    let header = [
-        "variant",
-        "workload",
-        "callers",
-        "calls/s",
-        "p50 ms",
-        "p99 ms",
-        "errors",
-        "svc peak RSS MB (anon)",
-        "svc CPU s",
-        "broker CPU s",
-        "client CPU s",
-        "other CPU s",
-        "svc µs/call",
-        "broker µs/call",
-        "client µs/call",
-    ];
     let rows: Vec<Vec<String>> = results
         .sweep
         .iter()
         .map(|s| {
-            let mut cells = vec![
-                s.variant.clone(),
-                s.workload.method().to_owned(),
-                s.callers.to_string(),
-            ];
-            cells.extend(measured_cells(&s.measured));
-            cells.extend(cost_cells(&s.measured));
-            cells
+            cells(
+                vec![
+                    s.variant.clone(),
+                    s.workload.method().to_owned(),
+                    s.callers.to_string(),
+                ],
+                &s.measured,
+                Vec::new(),
+            )
         })
         .collect();
-    markdown(&header, 2, &rows)
+    markdown(&header(&["variant", "workload", "callers"], &[]), 2, &rows)
 }
 
 /// The targets, one line each.
@@ -551,4 +519,82 @@ pub fn checks_text(results: &Results) -> String {
         let _ = writeln!(out, "- {tag} {}: {}", c.target, c.detail);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn measured() -> Measured {
+        Measured {
+            calls: 10,
+            calls_per_s: 10.0,
+            latency: crate::stats::Latency {
+                p50_ms: 1.0,
+                ..Default::default()
+            },
+            ..Measured::default()
+        }
+    }
+
+    /// The `|` of each line of `table`: its cells plus one.
+    fn cells_per_line(table: &str) -> Vec<usize> {
+        table.lines().map(|l| l.matches('|').count()).collect()
+    }
+
+    #[test]
+    fn tables_keep_their_columns() {
+        let mut results = Results::default();
+        for target in [Target::Echo, Target::PersonService, Target::Nameko] {
+            results.rows.push(Row {
+                target,
+                mode: Mode::Persistent,
+                workload: Workload::Get,
+                callers: 1,
+                measured: measured(),
+                ceiling_rate_ratio: None,
+                ceiling_p50_ratio: None,
+                nameko_rate_ratio: None,
+            });
+        }
+        results.compute_ratios();
+        results.list.push(ListRow {
+            table_rows: 1000,
+            callers: 8,
+            measured: measured(),
+        });
+        results.sweep.push(SweepRow {
+            variant: "echo persistent".into(),
+            target: Target::Echo,
+            workload: Workload::Get,
+            callers: 64,
+            measured: measured(),
+        });
+
+        let main = mode_table(&results, Mode::Persistent, true);
+        assert!(main.starts_with(
+            "| target         | workload | callers | calls/s | p50 ms | p99 ms | errors | ÷ceiling calls/s | ÷ceiling p50 | × nameko | svc peak RSS MB (anon) | svc CPU s | broker CPU s | client CPU s | other CPU s | svc µs/call | broker µs/call | client µs/call |\n|:---------------|:---------|--------:|"
+        ), "{main}");
+        // A target's ratio to itself is "1", the others' as computed.
+        let ratios = |line: &str| -> Vec<String> {
+            line.split('|')
+                .map(str::trim)
+                .skip(8)
+                .take(3)
+                .map(str::to_owned)
+                .collect()
+        };
+        let lines: Vec<&str> = main.lines().collect();
+        assert_eq!(ratios(lines[2]), ["1", "1", "1.0"]);
+        assert_eq!(ratios(lines[3]), ["1.00", "1.00", "1.0"]);
+        assert_eq!(ratios(lines[4]), ["1.00", "1.00", "1"]);
+        for table in [main, list_table(&results), sweep_table(&results)] {
+            let counts = cells_per_line(&table);
+            assert!(counts.iter().all(|&n| n == counts[0]), "{table}");
+        }
+        assert!(list_table(&results).starts_with("| table rows | callers | calls/s |"));
+        assert!(
+            sweep_table(&results).starts_with("| variant         | workload | callers | calls/s |")
+        );
+    }
 }

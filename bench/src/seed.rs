@@ -14,14 +14,20 @@ const LAST: &[&str] = &[
     "Lovelace", "Turing", "Hopper", "Dijkstra", "Liskov", "Knuth",
 ];
 
+/// A connection to the database at `path` that waits for locks.
+fn open(path: &Path) -> Result<Connection, String> {
+    let conn = Connection::open(path).map_err(|e| e.to_string())?;
+    conn.busy_timeout(Duration::from_secs(10))
+        .map_err(|e| e.to_string())?;
+    Ok(conn)
+}
+
 /// Creates (and migrates) the database at `path` and adds `rows` people
 /// with ids 1..=rows. Blocking.
 pub fn create_db(path: &Path, rows: u64) -> Result<(), String> {
     // Opening migrates; dropping the store ends its writer thread.
     drop(Store::open(path).map_err(|e| e.to_string())?);
-    let mut conn = Connection::open(path).map_err(|e| e.to_string())?;
-    conn.busy_timeout(Duration::from_secs(10))
-        .map_err(|e| e.to_string())?;
+    let mut conn = open(path)?;
     let tx = conn.transaction().map_err(|e| e.to_string())?;
     {
         let mut insert = tx
@@ -47,10 +53,7 @@ pub fn create_db(path: &Path, rows: u64) -> Result<(), String> {
 
 /// People in the table now.
 pub fn count(path: &Path) -> Result<u64, String> {
-    let conn = Connection::open(path).map_err(|e| e.to_string())?;
-    conn.busy_timeout(Duration::from_secs(10))
-        .map_err(|e| e.to_string())?;
-    let n: i64 = conn
+    let n: i64 = open(path)?
         .query_row("SELECT count(*) FROM person", [], |r| r.get(0))
         .map_err(|e| e.to_string())?;
     Ok(u64::try_from(n).unwrap_or(0))

@@ -216,11 +216,13 @@ pub fn person_service(
             cmd
         }
         PersonHost::Bench => {
+            // `serve-person [--transient]` then person-service's own flags.
             let mut cmd = Command::new(own_exe()?);
-            cmd.arg("serve-person").args(common);
+            cmd.arg("serve-person");
             if !spec.persistent {
                 cmd.arg("--transient");
             }
+            cmd.args(common);
             cmd
         }
     };

@@ -58,6 +58,8 @@ fn quick_run_prints_tables_with_nonzero_rates() {
         );
     }
     let durability = report["durability"].as_array().unwrap();
+    // person-service's create phases: checked, not just vacuously all ok.
+    assert!(!durability.is_empty(), "no durability check in the report");
     assert!(
         durability.iter().all(|d| d["ok"] == true),
         "{durability:#?}"

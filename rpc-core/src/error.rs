@@ -304,4 +304,14 @@ pub enum ConnectError {
     /// Shutdown was requested while connecting.
     #[error("shutdown requested while connecting")]
     Shutdown,
+    /// A name to declare does not fit AMQP (a short string: 255 bytes at
+    /// most), e.g. the reply queue of a very long service name. Found
+    /// before connecting.
+    #[error("{what} cannot be declared: {reason}")]
+    InvalidName {
+        /// Which name.
+        what: String,
+        /// Why the wire cannot carry it.
+        reason: String,
+    },
 }

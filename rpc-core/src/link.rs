@@ -100,6 +100,18 @@ impl Link {
         replies: Option<Replies>,
         stop: CancellationToken,
     ) -> Result<Link, ConnectError> {
+        // lapin panics on a name over 255 bytes: refuse it before connecting.
+        if let Some(r) = &replies {
+            for (what, text) in [
+                ("the RPC exchange", config.rpc_exchange.as_str()),
+                ("the reply queue", r.queue.as_str()),
+            ] {
+                wire::short_string(text).map_err(|e| ConnectError::InvalidName {
+                    what: format!("{what} {text:?}"),
+                    reason: e.to_string(),
+                })?;
+            }
+        }
         let options = config.connect_options(name.to_owned());
         let conn = connection::connect(&config.amqp_uri, &options, &stop).await?;
         let setup = setup(&conn, &config, replies.as_ref()).await?;

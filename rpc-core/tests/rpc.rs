@@ -3,9 +3,9 @@
 
 mod common;
 
-use common::{add, config, proxy, start_calc, Probe};
+use common::{add, config, proxy, start_calc, start_named, Probe};
 use rpc_core::error::exc_path;
-use rpc_core::{json, Args, CallError, Value};
+use rpc_core::{json, Args, CallError, ConnectError, RpcProxy, Value};
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
@@ -285,6 +285,37 @@ async fn service_to_service_carries_the_call_id_stack_and_context() {
     p.close().await;
     front.stop().await;
     back.stop().await;
+}
+
+/// Names over AMQP's 255 bytes fail clearly, before anything is declared
+/// (lapin would panic on them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_too_long_for_the_wire_fail_the_proxy_clearly() {
+    let config = config();
+    let mut long_exchange = config.clone();
+    long_exchange.rpc_exchange = "x".repeat(256);
+    match RpcProxy::connect(long_exchange).await {
+        Err(ConnectError::InvalidName { what, .. }) => assert!(what.contains("RPC exchange")),
+        Err(e) => panic!("expected InvalidName, got {e}"),
+        Ok(_) => panic!("a proxy with a 256-byte exchange name started"),
+    }
+
+    // 210 bytes: `rpc-{name}` fits, the handlers' reply queue
+    // `rpc.reply-{name}-{uuid}` does not.
+    let mut name = test_support::unique_name("calc");
+    name.push_str(&"a".repeat(210 - name.len()));
+    let (probe, _) = Probe::new();
+    let mut svc = start_named(&name, &config, probe).await;
+    let p = proxy(&config).await;
+    let e = remote(p.call(&name, "chain", Args::new().arg(name.clone())).await);
+    assert!(
+        e.value.contains("the reply queue") && e.value.contains("cannot be declared"),
+        "{e:?}"
+    );
+    // The service lives on.
+    assert_eq!(add(&p, &name, 1, 2).await, json!(3));
+    p.close().await;
+    svc.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -91,6 +91,42 @@ pub struct Config {
     pub shutdown_timeout: Duration,
 }
 
+/// Longest duration a setting accepts: deadlines are computed as
+/// `now + duration`, which cannot hold much more, and anything longer than
+/// a year is a typo anyway.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Parses a number of seconds (fractions allowed, zero allowed, at most
+/// [`MAX_DURATION`]), as command lines, environment variables and config
+/// files give timeouts and intervals.
+///
+/// ```
+/// use std::time::Duration;
+/// assert_eq!(rpc_core::config::seconds("2.5"), Ok(Duration::from_millis(2500)));
+/// assert!(rpc_core::config::seconds("soon").is_err());
+/// ```
+pub fn seconds(text: &str) -> Result<Duration, String> {
+    let secs: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    if secs > MAX_DURATION.as_secs_f64() {
+        return Err(format!("`{text}` is more than a year"));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("`{text}` is not a usable duration"))
+}
+
+/// [`seconds`], more than zero (a zero interval would make a timer spin, a
+/// zero timeout fail every call).
+pub fn positive_seconds(text: &str) -> Result<Duration, String> {
+    let d = seconds(text)?;
+    if d.is_zero() {
+        Err(format!("`{text}` must be more than zero seconds"))
+    } else {
+        Ok(d)
+    }
+}
+
 /// The broker nameko's command line uses when given none.
 pub const DEFAULT_AMQP_URI: &str = "amqp://guest:guest@localhost:5672/%2f";
 

@@ -392,6 +392,52 @@ impl Backoff {
     }
 }
 
+/// Longest a connection's setup (channels, declarations, consumers) may
+/// take. The broker answers these in milliseconds; one that does not answer
+/// at all (a silent partition with heartbeats off) would otherwise hold a
+/// connect or reconnect forever.
+pub const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Longest a close of a channel or connection may wait for the broker's
+/// close-ok. A stop waits no longer: the broker drops the connection's
+/// unacknowledged messages back into their queues however it ends.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Closes a connection (code 200), waiting at most [`CLOSE_TIMEOUT`].
+pub(crate) async fn close_connection(conn: &Connection, why: &str) {
+    match tokio::time::timeout(CLOSE_TIMEOUT, conn.close(200, why.into())).await {
+        Ok(_) => {}
+        Err(_) => tracing::warn!(
+            timeout = ?CLOSE_TIMEOUT,
+            why,
+            "the broker did not confirm the connection's close; dropped it"
+        ),
+    }
+}
+
+/// Closes a channel (code 200), waiting at most [`CLOSE_TIMEOUT`].
+pub(crate) async fn close_channel(channel: &Channel, why: &str) {
+    match tokio::time::timeout(CLOSE_TIMEOUT, channel.close(200, why.into())).await {
+        Ok(_) => {}
+        Err(_) => tracing::warn!(
+            timeout = ?CLOSE_TIMEOUT,
+            why,
+            "the broker did not confirm a channel's close; dropped it"
+        ),
+    }
+}
+
+/// Closes a connection being given up (to retry or reconnect), like
+/// [`close_connection`], but gives way at once to `stop`: a connection that
+/// just died may never confirm its close, and a stop should not wait on it.
+pub(crate) async fn close_unless_stopped(conn: &Connection, why: &str, stop: &CancellationToken) {
+    tokio::select! {
+        biased;
+        _ = stop.cancelled() => {}
+        () = close_connection(conn, why) => {}
+    }
+}
+
 /// Declares a durable topic exchange: the only kind nameko declares (the
 /// RPC exchange and every `{service}.events`), so every declaration here
 /// agrees with a Python peer's and none fails with 406.

@@ -8,9 +8,11 @@ use crate::events::{DispatchError, EventDispatcher};
 use crate::proxy::{Args, PendingCall, RpcProxy};
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::OnceCell;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// What every entrypoint of a running service shares: its name, its config,
@@ -21,47 +23,95 @@ pub(crate) struct ServiceRuntime {
     pub(crate) config: Config,
     proxy: OnceCell<RpcProxy>,
     events: OnceCell<EventDispatcher>,
-    pub(crate) shutdown: CancellationToken,
+    /// Cancelled when the service is asked to stop: a handler waiting out a
+    /// back-off stops waiting.
+    pub(crate) stopping: CancellationToken,
+    /// Cancelled when a stop's deadline passes: work still running is
+    /// dropped.
+    abandon: CancellationToken,
+    /// Stops the runtime's own connections. They outlive the stop signal,
+    /// so that calls finishing during a graceful stop can still call out
+    /// and dispatch events; they close once those calls are done.
+    links: CancellationToken,
 }
 
 impl ServiceRuntime {
-    pub(crate) fn new(name: String, config: Config, shutdown: CancellationToken) -> Self {
+    pub(crate) fn new(name: String, config: Config, stopping: CancellationToken) -> Self {
         ServiceRuntime {
             name,
             config,
             proxy: OnceCell::new(),
             events: OnceCell::new(),
-            shutdown,
+            stopping,
+            abandon: CancellationToken::new(),
+            links: CancellationToken::new(),
         }
     }
 
-    pub(crate) async fn proxy(&self) -> Result<&RpcProxy, CallError> {
-        self.proxy
-            .get_or_try_init(|| {
-                RpcProxy::for_service(&self.name, self.config.clone(), self.shutdown.child_token())
-            })
-            .await
-            .map_err(|e| CallError::NotConnected(e.to_string()))
+    /// The in-service proxy, connecting it first if needed (by `deadline`).
+    pub(crate) async fn proxy(&self, deadline: Instant) -> Result<&RpcProxy, CallError> {
+        let connect = self.proxy.get_or_try_init(|| {
+            RpcProxy::for_service(&self.name, self.config.clone(), self.links.child_token())
+        });
+        match tokio::time::timeout_at(deadline, connect).await {
+            Ok(proxy) => proxy.map_err(|e| CallError::NotConnected(e.to_string())),
+            Err(_) => Err(CallError::NotConnected(
+                "no connection to the broker within the call's timeout".into(),
+            )),
+        }
     }
 
+    /// The in-service dispatcher, connecting it first if needed (within the
+    /// config's `rpc_timeout`).
     pub(crate) async fn events(&self) -> Result<&EventDispatcher, DispatchError> {
-        self.events
-            .get_or_try_init(|| async {
-                let name = format!("{} events", self.name);
-                EventDispatcher::start(&name, self.config.clone(), self.shutdown.child_token())
-                    .await
-            })
-            .await
-            .map_err(|e| DispatchError::NotConnected(e.to_string()))
+        let connect = self.events.get_or_try_init(|| async {
+            let name = format!("{} events", self.name);
+            EventDispatcher::start(&name, self.config.clone(), self.links.child_token()).await
+        });
+        match tokio::time::timeout(self.config.rpc_timeout, connect).await {
+            Ok(events) => events.map_err(|e| DispatchError::NotConnected(e.to_string())),
+            Err(_) => Err(DispatchError::NotConnected(format!(
+                "no connection to the broker within {:?}",
+                self.config.rpc_timeout
+            ))),
+        }
     }
 
+    /// Runs one call, event or timer tick, unless the stop's deadline
+    /// passes first: then it is dropped, and logged with its call id.
+    pub(crate) async fn until_abandoned(&self, work: impl Future<Output = ()>, call_id: &str) {
+        tokio::select! {
+            biased;
+            () = work => {}
+            () = self.abandon.cancelled() => {
+                tracing::warn!(
+                    service = %self.name,
+                    call_id,
+                    "abandoned at the shutdown timeout; its message returns to the queue"
+                );
+            }
+        }
+    }
+
+    /// Drops the work still running (see [`Self::until_abandoned`]).
+    pub(crate) fn abandon(&self) {
+        self.abandon.cancel();
+    }
+
+    /// Closes the runtime's own connections (each close is bounded).
     pub(crate) async fn close(&self) {
-        if let Some(proxy) = self.proxy.get() {
-            proxy.close().await;
-        }
-        if let Some(events) = self.events.get() {
-            events.close().await;
-        }
+        self.links.cancel();
+        let proxy = async {
+            if let Some(proxy) = self.proxy.get() {
+                proxy.close().await;
+            }
+        };
+        let events = async {
+            if let Some(events) = self.events.get() {
+                events.close().await;
+            }
+        };
+        tokio::join!(proxy, events);
     }
 }
 
@@ -87,7 +137,7 @@ struct Inner {
 
 /// Facts about the message that started a call, beyond its context.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct Origin {
+pub(crate) struct MessageFacts {
     pub(crate) correlation_id: Option<String>,
     pub(crate) redelivered: bool,
 }
@@ -98,7 +148,7 @@ impl Context {
         entrypoint: &str,
         parent_stack: Vec<String>,
         data: BTreeMap<String, Value>,
-        origin: Origin,
+        facts: MessageFacts,
     ) -> Self {
         let call_id = crate::wire::new_call_id(&runtime.name, entrypoint);
         let call_id_stack = extend_stack(
@@ -113,8 +163,8 @@ impl Context {
                 call_id,
                 call_id_stack,
                 data,
-                correlation_id: origin.correlation_id,
-                redelivered: origin.redelivered,
+                correlation_id: facts.correlation_id,
+                redelivered: facts.redelivered,
             }),
         }
     }
@@ -245,13 +295,24 @@ impl ContextProxy {
         self
     }
 
+    /// The service's proxy, carrying this call's context, and the deadline
+    /// the whole call (connecting included) must meet.
     async fn proxy(&self) -> Result<RpcProxy, CallError> {
-        let proxy = self.ctx.runtime().proxy().await?;
-        let proxy = proxy.with_context(self.ctx.call_id_stack().to_vec(), self.ctx.data().clone());
-        Ok(match self.timeout {
-            Some(t) => proxy.with_timeout(t),
-            None => proxy,
-        })
+        let timeout = self
+            .timeout
+            .unwrap_or(self.ctx.inner.runtime.config.rpc_timeout);
+        let runtime = self.ctx.runtime();
+        let proxy = match runtime.proxy.get() {
+            Some(proxy) => proxy.with_timeout(timeout),
+            None => {
+                // The first call also waits for the connection: both share
+                // the one timeout.
+                let deadline = crate::proxy::deadline_after(timeout);
+                let proxy = runtime.proxy(deadline).await?;
+                proxy.with_timeout(deadline.saturating_duration_since(Instant::now()))
+            }
+        };
+        Ok(proxy.with_context(self.ctx.call_id_stack().to_vec(), self.ctx.data().clone()))
     }
 
     /// Calls `service.method` and waits for the result.

@@ -21,6 +21,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, Consumer};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -114,7 +115,13 @@ impl Link {
         }
         let options = config.connect_options(name.to_owned());
         let conn = connection::connect(&config.amqp_uri, &options, &stop).await?;
-        let setup = setup(&conn, &config, replies.as_ref()).await?;
+        let setup = match bounded_setup(&conn, &config, replies.as_ref(), &stop).await {
+            Ok(setup) => setup,
+            Err(e) => {
+                connection::close_connection(&conn, "setup failed").await;
+                return Err(e);
+            }
+        };
         let (state_tx, state_rx) = watch::channel(LinkState::Up(setup.session.clone()));
         let supervisor = Supervisor {
             name: name.to_owned(),
@@ -160,6 +167,9 @@ impl Link {
     }
 
     /// Stops the link: deletes its reply queue and closes the connection.
+    /// Bounded: the supervisor gives way to the stop at once, and its
+    /// closing exchanges with the broker are each bounded; should it still
+    /// not end, it is aborted (which drops the connection).
     pub(crate) async fn close(&self) {
         self.stop.cancel();
         let task = self
@@ -167,8 +177,11 @@ impl Link {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
-        if let Some(task) = task {
-            let _ = task.await;
+        if let Some(mut task) = task {
+            if tokio::time::timeout(CLOSE_BUDGET, &mut task).await.is_err() {
+                tracing::warn!(timeout = ?CLOSE_BUDGET, "the link did not close in time; dropped its connection");
+                task.abort();
+            }
         }
     }
 }
@@ -176,6 +189,29 @@ impl Link {
 struct Setup {
     session: Session,
     consume: Option<(Channel, Consumer)>,
+}
+
+/// The most a link's close may take: deleting the reply queue, then
+/// closing the connection, each bounded by [`connection::CLOSE_TIMEOUT`].
+const CLOSE_BUDGET: Duration = Duration::from_secs(5);
+
+/// [`setup`], within [`connection::SETUP_TIMEOUT`], giving way to `stop`.
+async fn bounded_setup(
+    conn: &Connection,
+    config: &Config,
+    replies: Option<&Replies>,
+    stop: &CancellationToken,
+) -> Result<Setup, ConnectError> {
+    tokio::select! {
+        biased;
+        _ = stop.cancelled() => Err(ConnectError::Shutdown),
+        setup = tokio::time::timeout(connection::SETUP_TIMEOUT, setup(conn, config, replies)) => {
+            setup.unwrap_or_else(|_| Err(ConnectError::Refused {
+                what: "the connection's setup".into(),
+                reason: format!("no answer within {:?}", connection::SETUP_TIMEOUT),
+            }))
+        }
+    }
 }
 
 async fn setup(
@@ -274,7 +310,7 @@ impl Supervisor {
             if let Some(r) = &self.replies {
                 r.sink.lost(&reason);
             }
-            let _ = conn.close(320, "reconnecting".into()).await;
+            connection::close_unless_stopped(&conn, "reconnecting", &self.stop).await;
             match self.reconnect().await {
                 Some((c, s)) => {
                     conn = c;
@@ -347,16 +383,20 @@ impl Supervisor {
                     return None;
                 }
             };
-            match setup(&conn, &self.config, self.replies.as_ref()).await {
+            match bounded_setup(&conn, &self.config, self.replies.as_ref(), &self.stop).await {
                 Ok(setup) => {
                     tracing::info!(link = %self.name, broker = %self.config.amqp_uri.endpoint(), "reconnected");
                     self.state
                         .send_replace(LinkState::Up(setup.session.clone()));
                     return Some((conn, setup));
                 }
+                Err(ConnectError::Shutdown) => {
+                    connection::close_connection(&conn, "stopping").await;
+                    return None;
+                }
                 Err(e) => {
                     tracing::warn!(link = %self.name, error = %e, "setting up after reconnecting failed; retrying");
-                    let _ = conn.close(320, "retrying".into()).await;
+                    connection::close_unless_stopped(&conn, "retrying", &self.stop).await;
                     if !backoff.wait(&self.stop).await {
                         return None;
                     }
@@ -376,17 +416,23 @@ impl Supervisor {
             if let Some(r) = &self.replies {
                 // The reply queue is ours alone (its name holds a fresh
                 // uuid), so it is deleted rather than left to expire.
-                if let Err(e) = channel
-                    .queue_delete(r.queue.as_str().into(), QueueDeleteOptions::default())
-                    .await
-                {
-                    tracing::debug!(error = %e, "could not delete the reply queue; it expires in 5 minutes");
+                let delete =
+                    channel.queue_delete(r.queue.as_str().into(), QueueDeleteOptions::default());
+                match tokio::time::timeout(connection::CLOSE_TIMEOUT, delete).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "could not delete the reply queue; it expires in 5 minutes")
+                    }
+                    Err(_) => {
+                        tracing::debug!(
+                            "no answer to the reply queue's delete; it expires in 5 minutes"
+                        )
+                    }
                 }
             }
             drop(consumer);
-            let _ = channel.close(200, "OK".into()).await;
         }
-        let _ = setup.session.channel.close(200, "OK".into()).await;
-        let _ = conn.close(200, "OK".into()).await;
+        // Closing the connection closes its channels.
+        connection::close_connection(&conn, "closed").await;
     }
 }

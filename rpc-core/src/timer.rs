@@ -1,9 +1,10 @@
 //! Timer entrypoints with nameko's semantics (§9): fixed rate anchored at
 //! start, runs never overlap, missed slots fire back to back until the
 //! schedule catches up, an error is logged and the schedule goes on, and stop
-//! interrupts the sleep but waits for a running tick.
+//! interrupts the sleep but waits for a running tick (until the stop's
+//! deadline).
 
-use crate::context::{Context, Origin, ServiceRuntime};
+use crate::context::{Context, MessageFacts, ServiceRuntime};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use std::collections::BTreeMap;
@@ -85,18 +86,23 @@ pub(crate) async fn run(entry: TimerEntry, runtime: Arc<ServiceRuntime>, stop: C
             &entry.name,
             Vec::new(),
             BTreeMap::new(),
-            Origin::default(),
+            MessageFacts::default(),
         );
         let span = tracing::info_span!("timer", service = %runtime.name, timer = %entry.name, call_id = %ctx.call_id());
-        let outcome = AssertUnwindSafe((entry.handler)(ctx))
-            .catch_unwind()
-            .instrument(span.clone())
-            .await;
-        match outcome {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => span.in_scope(|| tracing::error!(error = %e, "timer tick failed")),
-            Err(_) => span.in_scope(|| tracing::error!("timer tick panicked")),
-        }
+        let call_id = ctx.call_id().to_owned();
+        let tick = async {
+            let outcome = AssertUnwindSafe((entry.handler)(ctx))
+                .catch_unwind()
+                .instrument(span.clone())
+                .await;
+            match outcome {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => span.in_scope(|| tracing::error!(error = %e, "timer tick failed")),
+                Err(_) => span.in_scope(|| tracing::error!("timer tick panicked")),
+            }
+        };
+        // A tick still running at a stop's deadline is dropped.
+        runtime.until_abandoned(tick, &call_id).await;
         k = k.saturating_add(1);
         if stop.is_cancelled() {
             return;

@@ -13,6 +13,7 @@ FROM builder AS test
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv \
  && rm -rf /var/lib/apt/lists/*
+RUN cargo install cargo-nextest --locked
 RUN scripts/nameko-venv target/nameko-venv
 CMD ["scripts/test"]
 

@@ -11,6 +11,7 @@ use rpc_core::{json, Args, Config};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use test_support::raw::consumer_count;
+use test_support::WithinExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -104,7 +105,11 @@ async fn sigkill_under_load_while_a_second_instance_runs() {
 
     let (callers, per_caller) = (32, 60);
     let (load, mut finished) = spawn_load(&t, callers, per_caller);
-    finished.wait_for(|n| *n >= 400).await.unwrap();
+    finished
+        .wait_for(|n| *n >= 400)
+        .within(Duration::from_secs(60), "400 answered calls")
+        .await
+        .unwrap();
     a.kill();
     let killed_at = *finished.borrow();
     let (answered, errors) = load.await.unwrap();
@@ -132,7 +137,11 @@ async fn graceful_stop_under_load_loses_no_reply_and_runs_nothing_twice() {
 
     let (callers, per_caller) = (32, 40);
     let (load, mut finished) = spawn_load(&t, callers, per_caller);
-    finished.wait_for(|n| *n >= 300).await.unwrap();
+    finished
+        .wait_for(|n| *n >= 300)
+        .within(Duration::from_secs(60), "300 answered calls")
+        .await
+        .unwrap();
     let status = a.stop();
     assert!(status.success(), "graceful stop exits 0, got {status}");
     let stopped_at = *finished.borrow();

@@ -11,6 +11,7 @@ use person_service::domain::NewPerson;
 use person_service::store::{EventContext, Store, WriteMeta};
 use rpc_core::{json, Args, Context, EventHandlerOptions, Service, ServiceHandle, Value};
 use std::time::Duration;
+use test_support::WithinExt;
 use test_support::{unique_name, Cleanup};
 use tokio::sync::mpsc;
 
@@ -41,7 +42,11 @@ async fn subscribe(source: &str) -> (ServiceHandle, Seen, Cleanup) {
     }
     let config = rpc_core::Config::new(&test_support::require_broker()).unwrap();
     let mut handle = builder.build().spawn(config);
-    handle.ready().await.unwrap();
+    handle
+        .ready()
+        .within(test_support::START_BOUND, "the service to start")
+        .await
+        .unwrap();
     (handle, rx, cleanup)
 }
 
@@ -118,7 +123,11 @@ async fn every_change_over_either_face_dispatches_its_event() {
             .is_err(),
         "no extra events"
     );
-    watcher.shutdown().await.unwrap();
+    watcher
+        .shutdown()
+        .within(test_support::STOP_BOUND, "the service to stop")
+        .await
+        .unwrap();
     app.close().await;
 }
 
@@ -165,11 +174,19 @@ async fn events_committed_while_nothing_publishes_go_out_at_start() {
     }
     names.sort();
     assert_eq!(names, vec!["Also", "Left"]);
-    running.shutdown().await.unwrap();
+    running
+        .shutdown()
+        .within(test_support::STOP_BOUND, "the service to stop")
+        .await
+        .unwrap();
     let store = Store::open(&db).unwrap();
     assert!(
         store.outbox(10).await.unwrap().is_empty(),
         "published events leave the outbox"
     );
-    watcher.shutdown().await.unwrap();
+    watcher
+        .shutdown()
+        .within(test_support::STOP_BOUND, "the service to stop")
+        .await
+        .unwrap();
 }

@@ -10,6 +10,7 @@ use helpers::spawn_app;
 use reqwest::Method;
 use rpc_core::{json, Args, Value};
 use std::collections::BTreeSet;
+use test_support::WithinExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn add_list_modify_delete_with_form_and_json() {
@@ -426,7 +427,11 @@ async fn health_says_503_with_the_reason_while_the_broker_is_unreachable() {
     );
     // The HTTP face still serves the store meanwhile.
     assert_eq!(http.post_person("Off", "Line", 1).await.status, 201);
-    running.shutdown().await.unwrap();
+    running
+        .shutdown()
+        .within(test_support::STOP_BOUND, "the service to stop")
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,6 +15,7 @@ use rpc_core::{json, Args, CallError, Context, RpcError, RpcProxy, Service, Sign
 use std::time::{Duration, Instant};
 use test_support::nameko::NamekoRun;
 use test_support::Cleanup;
+use test_support::WithinExt;
 
 /// Calls `ping` until the Python service answers (its queue exists and it
 /// consumes), and returns the answer.
@@ -66,7 +67,11 @@ async fn python_worker_calls_the_rust_person_service_with_its_call_id() {
         )
         .build()
         .spawn(config);
-    ctx_service.ready().await.expect("the ctx service consumes");
+    ctx_service
+        .ready()
+        .within(test_support::START_BOUND, "the service to start")
+        .await
+        .expect("the ctx service consumes");
 
     let mut run = NamekoRun::start(
         python_dir(),
@@ -175,6 +180,10 @@ async fn python_worker_calls_the_rust_person_service_with_its_call_id() {
 
     run.assert_running();
     run.stop();
-    ctx_service.shutdown().await.expect("ctx stops");
+    ctx_service
+        .shutdown()
+        .within(test_support::STOP_BOUND, "the service to stop")
+        .await
+        .expect("ctx stops");
     app.close().await;
 }

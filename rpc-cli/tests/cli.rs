@@ -5,6 +5,7 @@
 use rpc_core::{json, Config, Context, RpcError, Service, ServiceHandle, Signature, Value};
 use test_support::output::Output;
 use test_support::Cleanup;
+use test_support::WithinExt;
 
 fn sample_service(name: &str) -> Service {
     Service::builder(name)
@@ -57,7 +58,11 @@ impl Running {
         let name = test_support::unique_name("rpc_cli");
         let cleanup = Cleanup::new().service(&name);
         let mut handle = sample_service(&name).spawn(config);
-        handle.ready().await.expect("the sample service starts");
+        handle
+            .ready()
+            .within(test_support::START_BOUND, "the service to start")
+            .await
+            .expect("the sample service starts");
         Running {
             name,
             uri,
@@ -68,7 +73,11 @@ impl Running {
 
     async fn stop(mut self) {
         if let Some(handle) = self.handle.take() {
-            handle.shutdown().await.expect("the sample service stops");
+            handle
+                .shutdown()
+                .within(test_support::STOP_BOUND, "the service to stop")
+                .await
+                .expect("the sample service stops");
         }
     }
 }

@@ -13,6 +13,7 @@ use std::process::Stdio;
 use std::time::Duration;
 use test_support::output::Output;
 use test_support::Cleanup;
+use test_support::WithinExt;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
@@ -79,7 +80,11 @@ impl Running {
         let name = test_support::unique_name("rpc_shell");
         let cleanup = cleanup.service(&name);
         let mut handle = sample_service(&name).spawn(config);
-        handle.ready().await.expect("the sample service starts");
+        handle
+            .ready()
+            .within(test_support::START_BOUND, "the service to start")
+            .await
+            .expect("the sample service starts");
         Running {
             name,
             uri,
@@ -90,7 +95,11 @@ impl Running {
 
     async fn stop(mut self) {
         if let Some(handle) = self.handle.take() {
-            handle.shutdown().await.expect("the sample service stops");
+            handle
+                .shutdown()
+                .within(test_support::STOP_BOUND, "the service to stop")
+                .await
+                .expect("the sample service stops");
         }
     }
 }
@@ -351,7 +360,11 @@ async fn dispatched_events_reach_a_rust_handler() {
         )
         .build()
         .spawn(config);
-    handle.ready().await.expect("the handler starts");
+    handle
+        .ready()
+        .within(test_support::START_BOUND, "the service to start")
+        .await
+        .expect("the handler starts");
 
     let script = format!(
         "dispatch(\"{source}\", \"person_created\", {{\"id\": 1}})\n\
@@ -387,7 +400,11 @@ async fn dispatched_events_reach_a_rust_handler() {
     ] {
         assert!(got.contains(&expected), "{expected} in {got:?}");
     }
-    handle.shutdown().await.expect("the handler stops");
+    handle
+        .shutdown()
+        .within(test_support::STOP_BOUND, "the service to stop")
+        .await
+        .expect("the handler stops");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

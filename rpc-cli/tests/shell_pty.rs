@@ -10,6 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::Duration;
 use test_support::Cleanup;
+use test_support::WithinExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_terminal_session_prints_results_and_keeps_history() {
@@ -45,7 +46,11 @@ async fn a_terminal_session_prints_results_and_keeps_history() {
             shutdown_timeout: Duration::from_secs(1),
             ..Config::new(&uri).expect("AMQP_URI parses")
         });
-    handle.ready().await.expect("the service starts");
+    handle
+        .ready()
+        .within(test_support::START_BOUND, "the service to start")
+        .await
+        .expect("the service starts");
 
     let home = std::env::temp_dir().join(test_support::unique_name("rpc-pty-home"));
     std::fs::create_dir_all(&home).expect("a temp HOME");
@@ -140,5 +145,9 @@ async fn a_terminal_session_prints_results_and_keeps_history() {
         .mode();
     assert_eq!(mode & 0o777, 0o600, "calls may carry personal data");
     let _ = std::fs::remove_dir_all(&home);
-    handle.shutdown().await.expect("the service stops");
+    handle
+        .shutdown()
+        .within(test_support::STOP_BOUND, "the service to stop")
+        .await
+        .expect("the service stops");
 }

@@ -14,6 +14,7 @@ use rpc_core::{
 };
 use std::time::{Duration, Instant};
 use test_support::raw::queue_depth;
+use test_support::WithinExt;
 use test_support::{unique_name, Cleanup};
 use tokio::sync::{mpsc, watch};
 
@@ -48,7 +49,11 @@ async fn listener(
         )
         .build()
         .spawn(config.clone());
-    handle.ready().await.expect("listener starts");
+    handle
+        .ready()
+        .within(test_support::START_BOUND, "the service to start")
+        .await
+        .expect("listener starts");
     (handle, rx)
 }
 
@@ -87,7 +92,11 @@ async fn dispatch_from_a_handler_carries_the_context() {
     )
     .await;
     let mut emitter = emitter(&source).spawn(config.clone());
-    emitter.ready().await.unwrap();
+    emitter
+        .ready()
+        .within(test_support::START_BOUND, "the service to start")
+        .await
+        .unwrap();
 
     let mut data = std::collections::BTreeMap::new();
     data.insert("user_id".to_owned(), json!("u9"));
@@ -124,8 +133,16 @@ async fn dispatch_from_a_handler_carries_the_context() {
 
     events.close().await;
     proxy.close().await;
-    emitter.shutdown().await.unwrap();
-    sink_handle.shutdown().await.unwrap();
+    emitter
+        .shutdown()
+        .within(test_support::STOP_BOUND, "the service to stop")
+        .await
+        .unwrap();
+    sink_handle
+        .shutdown()
+        .within(test_support::STOP_BOUND, "the service to stop")
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -185,7 +202,10 @@ async fn handler_types_share_events_as_nameko_does() {
     nothing_more(&mut a1_seen).await;
     nothing_more(&mut a2_seen).await;
     for h in [a1, a2, b] {
-        h.shutdown().await.unwrap();
+        h.shutdown()
+            .within(test_support::STOP_BOUND, "the service to stop")
+            .await
+            .unwrap();
     }
 
     // Singleton: one queue per event type, across services.
@@ -220,8 +240,14 @@ async fn handler_types_share_events_as_nameko_does() {
     }
     nothing_more(&mut s1_seen).await;
     nothing_more(&mut s2_seen).await;
-    s1.shutdown().await.unwrap();
-    s2.shutdown().await.unwrap();
+    s1.shutdown()
+        .within(test_support::STOP_BOUND, "the service to stop")
+        .await
+        .unwrap();
+    s2.shutdown()
+        .within(test_support::STOP_BOUND, "the service to stop")
+        .await
+        .unwrap();
 
     // Broadcast: every instance gets every event.
     let opts = EventHandlerOptions::broadcast().reliable_delivery(false);
@@ -240,8 +266,14 @@ async fn handler_types_share_events_as_nameko_does() {
         assert_eq!(got, vec![0, 1, 2]);
         nothing_more(seen).await;
     }
-    c1.shutdown().await.unwrap();
-    c2.shutdown().await.unwrap();
+    c1.shutdown()
+        .within(test_support::STOP_BOUND, "the service to stop")
+        .await
+        .unwrap();
+    c2.shutdown()
+        .within(test_support::STOP_BOUND, "the service to stop")
+        .await
+        .unwrap();
     events.close().await;
 }
 
@@ -258,7 +290,12 @@ async fn a_reliable_broadcast_without_identifier_is_refused() {
         )
         .build()
         .spawn(config);
-    let err = handle.ready().await.unwrap_err().to_string();
+    let err = handle
+        .ready()
+        .within(test_support::START_BOUND, "the service to start")
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("broadcast"), "{err}");
 }
 
@@ -298,7 +335,11 @@ async fn failing(
         )
         .build()
         .spawn(config.clone());
-    handle.ready().await.unwrap();
+    handle
+        .ready()
+        .within(test_support::START_BOUND, "the service to start")
+        .await
+        .unwrap();
     (handle, attempts)
 }
 
@@ -338,7 +379,11 @@ async fn requeue_on_error_retries_with_a_back_off_not_a_tight_loop() {
         times[2] - times[1] >= Duration::from_millis(200),
         "second retry too soon"
     );
-    handle.shutdown().await.unwrap();
+    handle
+        .shutdown()
+        .within(test_support::STOP_BOUND, "the service to stop")
+        .await
+        .unwrap();
     assert_eq!(queue_depth(&queue).await, 0, "handled at last, and acked");
 
     // Always fails: over a second it is tried a handful of times, where
@@ -350,7 +395,11 @@ async fn requeue_on_error_retries_with_a_back_off_not_a_tight_loop() {
     let n = attempts.borrow().len();
     assert!((2..=6).contains(&n), "{n} attempts in about a second");
     // Stopping does not lose it: it goes back to the queue.
-    handle.shutdown().await.unwrap();
+    handle
+        .shutdown()
+        .within(test_support::STOP_BOUND, "the service to stop")
+        .await
+        .unwrap();
     assert_eq!(queue_depth(&queue).await, 1);
     events.close().await;
 }
@@ -375,7 +424,11 @@ async fn failures_without_requeue_and_undecodable_events_are_dropped() {
     let events = EventDispatcher::connect(config.clone()).await.unwrap();
     events.dispatch(&source, "work", &1).await.unwrap();
     wait_for_attempts(&mut attempts, 1).await;
-    handle.shutdown().await.unwrap();
+    handle
+        .shutdown()
+        .within(test_support::STOP_BOUND, "the service to stop")
+        .await
+        .unwrap();
     assert_eq!(attempts.borrow().len(), 1);
     assert_eq!(queue_depth(&queue).await, 0);
 
@@ -394,7 +447,11 @@ async fn failures_without_requeue_and_undecodable_events_are_dropped() {
         .unwrap();
     events.dispatch(&source, "work", &5).await.unwrap();
     wait_for_attempts(&mut attempts, 1).await;
-    handle.shutdown().await.unwrap();
+    handle
+        .shutdown()
+        .within(test_support::STOP_BOUND, "the service to stop")
+        .await
+        .unwrap();
     assert_eq!(
         attempts.borrow().len(),
         1,
@@ -447,5 +504,8 @@ async fn declarations_match_nameko_flags() {
     .await
     .expect("service-pool queue: durable, not auto-delete, as nameko declares it");
     let _ = conn.close(200, "OK".into()).await;
-    h.shutdown().await.unwrap();
+    h.shutdown()
+        .within(test_support::STOP_BOUND, "the service to stop")
+        .await
+        .unwrap();
 }

@@ -12,6 +12,7 @@ use rpc_core::{
 };
 use std::time::Duration;
 use test_support::nameko::NamekoRun;
+use test_support::WithinExt;
 use test_support::{unique_name, Cleanup};
 use tokio::sync::mpsc;
 
@@ -35,7 +36,11 @@ async fn recorder(config: &Config) -> (String, ServiceHandle, Records) {
         )
         .build()
         .spawn(config.clone());
-    handle.ready().await.unwrap();
+    handle
+        .ready()
+        .within(test_support::START_BOUND, "the service to start")
+        .await
+        .unwrap();
     (name, handle, rx)
 }
 
@@ -98,7 +103,11 @@ async fn python_handlers_of_each_type_receive_rust_events() {
 
     // Dispatched from a Rust handler, the event carries its call-id stack.
     let mut emitter = emitter(&source).spawn(config.clone());
-    emitter.ready().await.unwrap();
+    emitter
+        .ready()
+        .within(test_support::START_BOUND, "the service to start")
+        .await
+        .unwrap();
     let emitter_id = proxy
         .call(&source, "emit", Args::new().arg(json!({"n": 2})))
         .await
@@ -114,8 +123,16 @@ async fn python_handlers_of_each_type_receive_rust_events() {
     run.stop();
     events.close().await;
     proxy.close().await;
-    emitter.shutdown().await.unwrap();
-    recorder_handle.shutdown().await.unwrap();
+    emitter
+        .shutdown()
+        .within(test_support::STOP_BOUND, "the service to stop")
+        .await
+        .unwrap();
+    recorder_handle
+        .shutdown()
+        .within(test_support::STOP_BOUND, "the service to stop")
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,7 +180,11 @@ async fn rust_handlers_of_each_type_receive_python_events() {
         );
     }
     let mut listener = builder.build().spawn(config.clone());
-    listener.ready().await.unwrap();
+    listener
+        .ready()
+        .within(test_support::START_BOUND, "the service to start")
+        .await
+        .unwrap();
 
     let python_id = proxy
         .call(
@@ -191,6 +212,14 @@ async fn rust_handlers_of_each_type_receive_python_events() {
 
     run.stop();
     proxy.close().await;
-    listener.shutdown().await.unwrap();
-    recorder_handle.shutdown().await.unwrap();
+    listener
+        .shutdown()
+        .within(test_support::STOP_BOUND, "the service to stop")
+        .await
+        .unwrap();
+    recorder_handle
+        .shutdown()
+        .within(test_support::STOP_BOUND, "the service to stop")
+        .await
+        .unwrap();
 }

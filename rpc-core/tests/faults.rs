@@ -11,6 +11,7 @@ use common::{add, calc_service, Probe};
 use rpc_core::{json, Args, CallError, Config, RpcProxy, ServiceHandle, ServiceStatus};
 use std::time::{Duration, Instant};
 use test_support::faulty::FaultyProxy;
+use test_support::WithinExt;
 use test_support::{unique_name, Cleanup};
 
 fn config_via(uri: &str) -> Config {
@@ -25,7 +26,11 @@ fn config_via(uri: &str) -> Config {
 async fn start(name: &str, config: &Config) -> ServiceHandle {
     let (probe, _) = Probe::new();
     let mut handle = calc_service(name, probe).spawn(config.clone());
-    handle.ready().await.unwrap();
+    handle
+        .ready()
+        .within(test_support::START_BOUND, "the service to start")
+        .await
+        .unwrap();
     handle
 }
 
@@ -95,7 +100,10 @@ async fn a_cut_proxy_connection_fails_calls_in_flight_at_once_then_recovers() {
         "the proxy reconnected through the same address"
     );
     p.close().await;
-    svc.shutdown().await.unwrap();
+    svc.shutdown()
+        .within(test_support::STOP_BOUND, "the service to stop")
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,7 +139,10 @@ async fn a_silent_partition_is_caught_by_missed_heartbeats() {
     faulty.resume();
     until_ok(&p, &name).await;
     p.close().await;
-    svc.shutdown().await.unwrap();
+    svc.shutdown()
+        .within(test_support::STOP_BOUND, "the service to stop")
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,7 +177,10 @@ async fn a_service_reconnects_redeclares_and_answers_what_it_held() {
     assert_eq!(held.result().await.unwrap(), json!("held"));
     assert_eq!(add(&p, &name, 20, 22).await, json!(42));
     p.close().await;
-    svc.shutdown().await.unwrap();
+    svc.shutdown()
+        .within(test_support::STOP_BOUND, "the service to stop")
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,7 +203,10 @@ async fn a_service_started_before_the_broker_is_reachable_waits_and_then_serves(
     let p = RpcProxy::connect(config_via(&uri)).await.unwrap();
     assert_eq!(add(&p, &name, 3, 4).await, json!(7));
     p.close().await;
-    svc.shutdown().await.unwrap();
+    svc.shutdown()
+        .within(test_support::STOP_BOUND, "the service to stop")
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -218,7 +235,10 @@ async fn a_service_partitioned_silently_notices_by_heartbeat_and_recovers() {
     let p = RpcProxy::connect(config_via(&uri)).await.unwrap();
     assert_eq!(add(&p, &name, 5, 5).await, json!(10));
     p.close().await;
-    svc.shutdown().await.unwrap();
+    svc.shutdown()
+        .within(test_support::STOP_BOUND, "the service to stop")
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -239,5 +259,8 @@ async fn a_fail_fast_first_connect_still_reconnects_patiently() {
     faulty.refuse(false);
     until_ok(&p, &name).await;
     p.close().await;
-    svc.shutdown().await.unwrap();
+    svc.shutdown()
+        .within(test_support::STOP_BOUND, "the service to stop")
+        .await
+        .unwrap();
 }

@@ -8,6 +8,7 @@ use common::{config, proxy, start_named, Probe};
 use rpc_core::{json, Args, RetryPolicy, RpcProxy};
 use std::time::Duration;
 use test_support::raw::queue_depth;
+use test_support::WithinExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_stop_with_calls_in_flight_loses_nothing_and_runs_nothing_twice() {
@@ -30,7 +31,11 @@ async fn graceful_stop_with_calls_in_flight_loses_nothing_and_runs_nothing_twice
     }
     // Stop while four calls are running.
     for _ in 0..4 {
-        started.recv().await.unwrap();
+        started
+            .recv()
+            .within(Duration::from_secs(15), "a slow call to start")
+            .await
+            .unwrap();
     }
     first.stop().await;
     let done_by_first: usize = probe.runs().values().sum();

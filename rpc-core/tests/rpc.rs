@@ -8,6 +8,7 @@ use rpc_core::error::exc_path;
 use rpc_core::{json, Args, CallError, ConnectError, RpcProxy, Value};
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
+use test_support::WithinExt;
 
 fn remote(result: Result<Value, CallError>) -> rpc_core::RemoteError {
     match result {
@@ -204,7 +205,14 @@ async fn timeout_leaves_the_proxy_usable() {
         t0.elapsed()
     );
     assert_eq!(p.in_flight(), 0, "a timed-out call leaves no entry behind");
-    assert_eq!(started.recv().await.as_deref(), Some("\"late\""));
+    assert_eq!(
+        started
+            .recv()
+            .within(Duration::from_secs(15), "the late call to start")
+            .await
+            .as_deref(),
+        Some("\"late\"")
+    );
 
     // Still usable, and the late reply (when it comes) is not mistaken for
     // another call's.
@@ -383,7 +391,11 @@ async fn observers_see_every_call_with_bounded_method_names() {
         .observe(seen.clone())
         .build()
         .spawn(config.clone());
-    handle.ready().await.unwrap();
+    handle
+        .ready()
+        .within(test_support::START_BOUND, "the service to start")
+        .await
+        .unwrap();
     let p = proxy(&config).await;
     p.call(&name, "ok", Args::new()).await.unwrap();
     p.call(&name, "bad", Args::new()).await.unwrap_err();
@@ -407,5 +419,9 @@ async fn observers_see_every_call_with_bounded_method_names() {
         rpc_core::ServiceStatus::Consuming
     ));
     p.close().await;
-    handle.shutdown().await.unwrap();
+    handle
+        .shutdown()
+        .within(test_support::STOP_BOUND, "the service to stop")
+        .await
+        .unwrap();
 }

@@ -12,6 +12,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 use tempfile::NamedTempFile;
+use test_support::WithinExt;
 use test_support::{unique_name, Cleanup};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -114,7 +115,10 @@ async fn amqps_connects_when_the_certificate_chains_to_the_given_ca() {
     let _cleanup = Cleanup::new().service(&name);
     let (probe, _) = Probe::new();
     let mut svc = calc_service(&name, probe).spawn(Config::new(&uri).unwrap());
-    svc.ready().await.unwrap();
+    svc.ready()
+        .within(test_support::START_BOUND, "the service to start")
+        .await
+        .unwrap();
 
     let ca = new_ca("test CA");
     let (cert, key) = server_cert(&ca, "localhost");
@@ -124,7 +128,10 @@ async fn amqps_connects_when_the_certificate_chains_to_the_given_ca() {
         .expect("TLS connection with a trusted CA");
     assert_eq!(add(&p, &name, 40, 2).await, json!(42));
     p.close().await;
-    svc.shutdown().await.unwrap();
+    svc.shutdown()
+        .within(test_support::STOP_BOUND, "the service to stop")
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,6 +9,7 @@ use std::time::Duration;
 use test_service::once::{self, OnceOptions};
 use test_service::scenario::{Report, Step};
 use test_service::service::{self, Stats};
+use test_support::WithinExt;
 
 mod common;
 use common::{config, RealPerson};
@@ -87,7 +88,11 @@ async fn service_mode_rounds_pass_every_check() {
     };
     let mut rounds = stats.subscribe();
     let mut handle = service::spawn(&settings, Arc::clone(&stats), config());
-    handle.ready().await.expect("the test service starts");
+    handle
+        .ready()
+        .within(test_support::START_BOUND, "the service to start")
+        .await
+        .expect("the test service starts");
     tokio::time::timeout(Duration::from_secs(60), rounds.wait_for(|n| *n >= 2))
         .await
         .expect("two rounds within 60 s")
@@ -101,6 +106,10 @@ async fn service_mode_rounds_pass_every_check() {
         call_id.starts_with(&format!("{name}.run_round.")),
         "{call_id}"
     );
-    handle.shutdown().await.expect("the test service stops");
+    handle
+        .shutdown()
+        .within(test_support::STOP_BOUND, "the service to stop")
+        .await
+        .expect("the test service stops");
     person.stop().await;
 }

@@ -22,6 +22,7 @@ use test_service::once::{self, OnceOptions};
 use test_service::scenario::{self, EventChecks, Outcome, Person, Report, Step};
 use test_service::service::{self, Stats};
 use test_support::Cleanup;
+use test_support::WithinExt;
 
 mod common;
 use common::{config, service_cleanup};
@@ -287,6 +288,7 @@ impl Fake {
             .spawn(config.clone());
         handle
             .ready()
+            .within(test_support::START_BOUND, "the service to start")
             .await
             .expect("the fake person service starts");
         Fake {
@@ -304,7 +306,11 @@ impl Fake {
 
     async fn stop(mut self) {
         if let Some(handle) = self.handle.take() {
-            handle.shutdown().await.expect("the fake stops cleanly");
+            handle
+                .shutdown()
+                .within(test_support::STOP_BOUND, "the service to stop")
+                .await
+                .expect("the fake stops cleanly");
         }
         if let Some(d) = self.standalone.take() {
             d.close().await;
@@ -475,7 +481,11 @@ async fn concurrent_rounds_each_get_their_own_events() {
         });
     }
     let mut ids = Vec::new();
-    while let Some(report) = rounds.join_next().await {
+    while let Some(report) = rounds
+        .join_next()
+        .within(Duration::from_secs(60), "the concurrent rounds")
+        .await
+    {
         let report = report.expect("the round's task completes");
         assert!(report.passed(), "{report:#?}");
         ids.push(report.person_id.expect("created"));
@@ -715,7 +725,11 @@ async fn service_mode_runs_rounds_with_its_call_id_stack() {
     // The first round starts at once (eager) but waits for the event
     // queues: it must not miss its events.
     let mut handle = service::spawn(&settings, Arc::clone(&stats), config.clone());
-    handle.ready().await.expect("the test service starts");
+    handle
+        .ready()
+        .within(test_support::START_BOUND, "the service to start")
+        .await
+        .expect("the test service starts");
 
     tokio::time::timeout(Duration::from_secs(30), rounds.wait_for(|n| *n >= 2))
         .await
@@ -764,6 +778,10 @@ async fn service_mode_runs_rounds_with_its_call_id_stack() {
     assert_eq!(reported["last"]["checks"][10]["kind"], "event");
     proxy.close().await;
 
-    handle.shutdown().await.expect("the test service stops");
+    handle
+        .shutdown()
+        .within(test_support::STOP_BOUND, "the service to stop")
+        .await
+        .expect("the test service stops");
     fake.stop().await;
 }

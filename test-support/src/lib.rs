@@ -2,13 +2,17 @@
 //!
 //! Tests talk to the real RabbitMQ given by `AMQP_URI` (default: the local
 //! broker with guest/guest). When it is not there they fail at once with a
-//! message saying so; they never skip.
+//! message saying so; they never skip. No test can wait forever: see
+//! [`within`].
 
 pub mod faulty;
 pub mod nameko;
 pub mod output;
 pub mod python;
 pub mod raw;
+mod within;
+
+pub use within::{open_waits, within, WithinExt, START_BOUND, STOP_BOUND};
 
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::{Connection, ConnectionProperties};

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use test_support::Cleanup;
+use test_support::WithinExt;
 
 pub mod http;
 pub mod process;
@@ -57,7 +58,11 @@ pub async fn start(name: &str, db: &Path) -> RunningApp {
     settings.http = Some("127.0.0.1:0".parse().unwrap());
     let app = Application::build(settings).await.expect("app builds");
     let mut running = app.start().await.expect("app starts");
-    running.ready().await.expect("service consumes");
+    running
+        .ready()
+        .within(test_support::START_BOUND, "the service to start")
+        .await
+        .expect("service consumes");
     running
 }
 
@@ -88,7 +93,11 @@ impl TestApp {
 
     pub async fn stop(&mut self) {
         if let Some(running) = self.running.take() {
-            running.shutdown().await.expect("stops cleanly");
+            running
+                .shutdown()
+                .within(test_support::STOP_BOUND, "the service to stop")
+                .await
+                .expect("stops cleanly");
         }
     }
 

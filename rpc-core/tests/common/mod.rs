@@ -11,6 +11,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use test_support::Cleanup;
+use test_support::WithinExt;
 use tokio::sync::mpsc;
 
 pub fn config() -> Config {
@@ -144,7 +145,11 @@ pub async fn start_calc(config: &Config, probe: Probe) -> Running {
 
 pub async fn start_named(name: &str, config: &Config, probe: Probe) -> Running {
     let mut handle = calc_service(name, probe).spawn(config.clone());
-    handle.ready().await.expect("calc service starts");
+    handle
+        .ready()
+        .within(test_support::START_BOUND, "the service to start")
+        .await
+        .expect("calc service starts");
     Running {
         name: name.to_owned(),
         handle: Some(handle),
@@ -155,7 +160,11 @@ pub async fn start_named(name: &str, config: &Config, probe: Probe) -> Running {
 impl Running {
     pub async fn stop(&mut self) {
         if let Some(handle) = self.handle.take() {
-            handle.shutdown().await.expect("service stops cleanly");
+            handle
+                .shutdown()
+                .within(test_support::STOP_BOUND, "the service to stop")
+                .await
+                .expect("service stops cleanly");
         }
     }
 }

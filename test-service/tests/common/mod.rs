@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 use test_service::events::{self, Kind};
 use test_support::Cleanup;
+use test_support::WithinExt;
 
 /// The person-service running as `name` on a fresh database, removed (with
 /// its queue and event exchange) when this is dropped.
@@ -31,7 +32,11 @@ impl RealPerson {
         settings.service_name = name.to_owned();
         let app = Application::build(settings).await.expect("app builds");
         let mut running = app.start().await.expect("app starts");
-        running.ready().await.expect("the person-service consumes");
+        running
+            .ready()
+            .within(test_support::START_BOUND, "the service to start")
+            .await
+            .expect("the person-service consumes");
         RealPerson {
             name: name.to_owned(),
             running: Some(running),
@@ -42,7 +47,11 @@ impl RealPerson {
 
     pub async fn stop(mut self) {
         if let Some(running) = self.running.take() {
-            running.shutdown().await.expect("stops cleanly");
+            running
+                .shutdown()
+                .within(test_support::STOP_BOUND, "the service to stop")
+                .await
+                .expect("stops cleanly");
         }
     }
 }

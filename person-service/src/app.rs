@@ -9,6 +9,7 @@ use crate::store::{Store, StoreError};
 use rpc_core::{CancellationToken, Config, ServiceError, ServiceHandle};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::task::JoinHandle;
 
 /// Why the application could not start or stopped with an error.
@@ -117,6 +118,7 @@ impl Application {
             rpc,
             http,
             relay: (relay_stop, relay),
+            shutdown_timeout: self.config.shutdown_timeout,
         })
     }
 
@@ -143,7 +145,14 @@ pub struct RunningApp {
     rpc: ServiceHandle,
     http: Option<HttpServer>,
     relay: (CancellationToken, JoinHandle<()>),
+    shutdown_timeout: Duration,
 }
+
+/// The most the event relay may take to stop: finish the batch it is
+/// publishing, try once more to empty the outbox (bounded by the relay
+/// itself) and close. Beyond it the relay is dropped; its events stay in
+/// the outbox and go out at the next start.
+const RELAY_STOP_BUDGET: Duration = Duration::from_secs(15);
 
 impl RunningApp {
     /// Waits until the RPC service consumes its queue.
@@ -157,21 +166,42 @@ impl RunningApp {
     }
 
     /// Stops gracefully: HTTP requests and RPC calls in flight finish (and
-    /// RPC requests are acked) first.
+    /// RPC requests are acked) first, within the shutdown timeout each
+    /// face shares; then the relay publishes what they committed. Every
+    /// step is bounded, so this always returns.
     pub async fn shutdown(self) -> Result<(), AppError> {
-        if let Some(http) = self.http {
-            http.stop.cancel();
-            match http.task.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!(error = %e, "HTTP server failed"),
-                Err(e) => tracing::error!(error = %e, "HTTP server task failed"),
+        let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
+        let http = async {
+            if let Some(mut http) = self.http {
+                http.stop.cancel();
+                match tokio::time::timeout_at(deadline, &mut http.task).await {
+                    Ok(Ok(Ok(()))) => {}
+                    Ok(Ok(Err(e))) => tracing::error!(error = %e, "HTTP server failed"),
+                    Ok(Err(e)) => tracing::error!(error = %e, "HTTP server task failed"),
+                    Err(_) => {
+                        tracing::warn!(
+                            timeout = ?self.shutdown_timeout,
+                            "HTTP requests still open at the shutdown timeout; closing their connections"
+                        );
+                        http.task.abort();
+                    }
+                }
             }
-        }
-        let rpc = self.rpc.shutdown().await;
+        };
+        let (_, rpc) = tokio::join!(http, self.rpc.shutdown());
         // Last: the relay publishes what the final calls committed.
-        self.relay.0.cancel();
-        if let Err(e) = self.relay.1.await {
-            tracing::error!(error = %e, "event relay task failed");
+        let (relay_stop, mut relay) = self.relay;
+        relay_stop.cancel();
+        match tokio::time::timeout(RELAY_STOP_BUDGET, &mut relay).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "event relay task failed"),
+            Err(_) => {
+                tracing::warn!(
+                    budget = ?RELAY_STOP_BUDGET,
+                    "the event relay did not stop in time; its events stay in the outbox for the next start"
+                );
+                relay.abort();
+            }
         }
         Ok(rpc?)
     }

@@ -18,6 +18,8 @@ const BATCH: usize = 256;
 const RETRY: Duration = Duration::from_secs(2);
 /// The last attempt at stop.
 const FINAL_DRAIN: Duration = Duration::from_secs(5);
+/// Committing the published events' removal at stop.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs until `stop`, publishing events from `source` (the service name).
 pub async fn run(store: Store, config: Config, source: String, stop: CancellationToken) {
@@ -73,8 +75,10 @@ pub async fn run(store: Store, config: Config, source: String, stop: Cancellatio
     if let Some(d) = dispatcher {
         d.close().await;
     }
-    if let Err(e) = store.flush().await {
-        tracing::warn!(error = %e, "could not remove published events; they are published again at the next start");
+    match tokio::time::timeout(FLUSH_TIMEOUT, store.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not remove published events; they are published again at the next start"),
+        Err(_) => tracing::warn!("the store did not remove the published events in time; they are published again at the next start"),
     }
 }
 

@@ -45,6 +45,7 @@ pub const FILE_KEYS: &[&str] = &[
     "HTTP_MAX_BODY",
     "LOG_FORMAT",
     "PREFETCH",
+    "SHUTDOWN_TIMEOUT",
 ];
 
 /// person-service's settings. Every flag can also be given in the
@@ -63,8 +64,9 @@ pub struct Settings {
     /// A nameko config file (YAML, with ${VAR:default} substitution):
     /// AMQP_URI, max_workers, rpc_exchange, parent_calls_tracked, HEARTBEAT,
     /// AMQP_SSL's ca_certs, and this service's own PERSON_DB, SERVICE_NAME,
-    /// HTTP_ADDR, HTTP_MAX_BODY, LOG_FORMAT, PREFETCH. Flags and environment
-    /// win over it. A file that cannot be used stops start-up (exit status 2).
+    /// HTTP_ADDR, HTTP_MAX_BODY, LOG_FORMAT, PREFETCH, SHUTDOWN_TIMEOUT. Flags
+    /// and environment win over it. A file that cannot be used stops
+    /// start-up (exit status 2).
     #[arg(long = "config", env = "CONFIG_FILE", value_name = "FILE")]
     pub config_file: Option<PathBuf>,
 
@@ -111,6 +113,13 @@ pub struct Settings {
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Seconds a stop (SIGTERM) waits for calls and HTTP requests in
+    /// flight; then they are dropped, their requests return to the queue,
+    /// and the process exits. Keep it below the orchestrator's grace period
+    /// (docker-compose.yml: 35 s).
+    #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "30", value_parser = rpc_core::config::seconds)]
+    pub shutdown_timeout: std::time::Duration,
 
     /// The `--config` file as loaded: its nameko settings that have no flag
     /// (rpc_exchange, HEARTBEAT, …) and its warnings. `None` without one.
@@ -213,6 +222,12 @@ impl Settings {
                 })?;
             }
         }
+        if from_file("shutdown_timeout") {
+            if let Some(text) = file.get_text("SHUTDOWN_TIMEOUT")? {
+                self.shutdown_timeout = rpc_core::config::seconds(&text)
+                    .map_err(|e| file.invalid("SHUTDOWN_TIMEOUT", e))?;
+            }
+        }
         if from_file("log_format") {
             if let Some(format) = file.get_text("LOG_FORMAT")? {
                 self.log_format = LogFormat::from_str(&format, true).map_err(|_| {
@@ -237,6 +252,7 @@ impl Settings {
             .map_err(|e: rpc_core::ConnectError| e.to_string())?;
         config.max_workers = usize::from(self.max_workers);
         config.prefetch = (self.prefetch > 0).then_some(self.prefetch);
+        config.shutdown_timeout = self.shutdown_timeout;
         Ok(config)
     }
 
@@ -253,6 +269,7 @@ impl Settings {
             http: None,
             http_max_body: DEFAULT_HTTP_MAX_BODY,
             log_format: LogFormat::Text,
+            shutdown_timeout: std::time::Duration::from_secs(30),
             file: None,
         }
     }

@@ -200,24 +200,7 @@ pub struct CallCommand {
     pub context: Vec<String>,
 }
 
-/// Longest timeout accepted: the proxy computes `now + timeout`, which
-/// panics when it overflows, and a longer wait is a typo anyway.
-pub const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
-
-/// Seconds as a duration, more than zero and at most [`MAX_SECONDS`].
-pub fn positive_seconds(text: &str) -> Result<Duration, String> {
-    let secs: f64 = text
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
-    if secs > MAX_SECONDS {
-        return Err(format!("`{text}` is more than a year"));
-    }
-    match Duration::try_from_secs_f64(secs) {
-        Ok(d) if !d.is_zero() => Ok(d),
-        _ => Err(format!("`{text}` is not a positive number of seconds")),
-    }
-}
+pub use rpc_core::config::positive_seconds;
 
 #[cfg(test)]
 mod tests {

@@ -216,33 +216,7 @@ impl Cli {
     }
 }
 
-/// Longest duration accepted anywhere: deadlines are computed as
-/// `now + duration`, which panics when it overflows, and anything longer
-/// than this is a typo anyway.
-pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
-
-/// Seconds as a duration; zero allowed, at most [`MAX_DURATION`].
-pub fn seconds(text: &str) -> Result<Duration, String> {
-    let secs: f64 = text
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
-    if secs > MAX_DURATION.as_secs_f64() {
-        return Err(format!("`{text}` is more than a year"));
-    }
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("`{text}` is not a usable duration"))
-}
-
-/// Seconds as a duration, more than zero (a zero interval would make the
-/// timer spin).
-pub fn positive_seconds(text: &str) -> Result<Duration, String> {
-    let d = seconds(text)?;
-    if d.is_zero() {
-        Err("must be more than zero".to_owned())
-    } else {
-        Ok(d)
-    }
-}
+pub use rpc_core::config::{positive_seconds, seconds, MAX_DURATION};
 
 #[cfg(test)]
 mod tests {

@@ -74,13 +74,26 @@ impl ServiceProcess {
     /// traffic shows readiness (a readiness call would queue behind a backlog
     /// and hide the time it measures).
     pub fn spawn(name: &str, db: &Path, log: &Path) -> ServiceProcess {
+        Self::spawn_with(name, db, log, &test_support::broker_uri(), &[])
+    }
+
+    /// [`spawn`](Self::spawn) against the broker at `amqp_uri`, with
+    /// further flags.
+    pub fn spawn_with(
+        name: &str,
+        db: &Path,
+        log: &Path,
+        amqp_uri: &str,
+        flags: &[&str],
+    ) -> ServiceProcess {
         // person-service logs to stdout; stderr goes to the same file.
         let out = std::fs::File::create(log).expect("log file");
         let err = out.try_clone().expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_person-service"))
             .args(["--service-name", name, "--db"])
             .arg(db)
-            .env("AMQP_URI", test_support::broker_uri())
+            .args(flags)
+            .env("AMQP_URI", amqp_uri)
             .env("RUST_LOG", "warn")
             .stdout(out)
             .stderr(err)
@@ -153,10 +166,26 @@ impl ServiceProcess {
             .status();
     }
 
-    /// SIGTERM and wait for the exit status.
+    /// SIGTERM and wait for the exit status. A graceful stop is bounded
+    /// (the shutdown timeout, then a bounded close), so a process still
+    /// running a minute later is a hang: it is killed and the test fails.
     pub fn stop(&mut self) -> std::process::ExitStatus {
         self.signal("TERM");
-        self.child.wait().expect("wait for person-service")
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return status,
+                Ok(None) if Instant::now() < deadline => {
+                    // std offers no wait with a timeout; the exit is polled.
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Ok(None) => {
+                    self.kill();
+                    panic!("person-service did not exit within 60 s of SIGTERM");
+                }
+                Err(e) => panic!("wait for person-service: {e}"),
+            }
+        }
     }
 
     /// SIGKILL and reap.

@@ -22,7 +22,7 @@ pub struct YamlError {
 }
 
 /// Parses one YAML document as nameko's loader does (PyYAML `safe_load`
-/// plus nameko's `${VAR}` substitution, see the [module docs](self)), with
+/// plus nameko's `${VAR}` substitution, see the [module docs](crate::config_file)), with
 /// `env` giving the variables. An empty document is `null`; mapping keys
 /// that are not strings are written as JSON (`1`, `true`, `null`).
 pub fn parse_yaml(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Value, YamlError> {

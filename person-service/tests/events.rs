@@ -9,6 +9,7 @@ use helpers::http::Body;
 use helpers::spawn_app;
 use person_service::domain::NewPerson;
 use person_service::store::{EventContext, Store, WriteMeta};
+use rpc_core::events::Subscription;
 use rpc_core::{json, Args, Context, EventHandlerOptions, Service, ServiceHandle, Value};
 use std::time::Duration;
 use test_support::WithinExt;
@@ -28,8 +29,7 @@ async fn subscribe(source: &str) -> (ServiceHandle, Seen, Cleanup) {
         let tx = tx.clone();
         builder = builder.event_handler(
             &format!("on_{event}"),
-            source,
-            event,
+            Subscription::to(event).from(source),
             EventHandlerOptions::service_pool(),
             move |ctx: Context, data: Value| {
                 let tx = tx.clone();

@@ -6,6 +6,7 @@
 //! The interactive path is driven through a pseudo-terminal in
 //! `tests/shell_pty.rs`.
 
+use rpc_core::events::Subscription;
 use rpc_core::{
     json, Config, Context, EventHandlerOptions, RpcError, Service, ServiceHandle, Signature, Value,
 };
@@ -347,8 +348,7 @@ async fn dispatched_events_reach_a_rust_handler() {
     let mut handle = Service::builder(&sink)
         .event_handler(
             "on_created",
-            &source,
-            "person_created",
+            Subscription::to("person_created").from(&source),
             EventHandlerOptions::service_pool(),
             move |_ctx: Context, data: Value| {
                 let tx = tx.clone();

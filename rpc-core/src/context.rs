@@ -4,116 +4,14 @@
 
 use crate::config::Config;
 use crate::error::CallError;
-use crate::events::{DispatchError, EventDispatcher};
+use crate::events::{DispatchError, OutgoingEvent};
 use crate::proxy::{Args, PendingCall, RpcProxy};
+use crate::runtime::{BrokerLinks, Outbound, OutgoingCall, ServiceRuntime};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::OnceCell;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
-
-/// What every entrypoint of a running service shares: its name, its config,
-/// and the proxy its handlers call other services through (created on first
-/// use, so services that never call out declare no reply queue).
-pub(crate) struct ServiceRuntime {
-    pub(crate) name: String,
-    pub(crate) config: Config,
-    proxy: OnceCell<RpcProxy>,
-    events: OnceCell<EventDispatcher>,
-    /// Cancelled when the service is asked to stop: a handler waiting out a
-    /// back-off stops waiting.
-    pub(crate) stopping: CancellationToken,
-    /// Cancelled when a stop's deadline passes: work still running is
-    /// dropped.
-    abandon: CancellationToken,
-    /// Stops the runtime's own connections. They outlive the stop signal,
-    /// so that calls finishing during a graceful stop can still call out
-    /// and dispatch events; they close once those calls are done.
-    links: CancellationToken,
-}
-
-impl ServiceRuntime {
-    pub(crate) fn new(name: String, config: Config, stopping: CancellationToken) -> Self {
-        ServiceRuntime {
-            name,
-            config,
-            proxy: OnceCell::new(),
-            events: OnceCell::new(),
-            stopping,
-            abandon: CancellationToken::new(),
-            links: CancellationToken::new(),
-        }
-    }
-
-    /// The in-service proxy, connecting it first if needed (by `deadline`).
-    pub(crate) async fn proxy(&self, deadline: Instant) -> Result<&RpcProxy, CallError> {
-        let connect = self.proxy.get_or_try_init(|| {
-            RpcProxy::for_service(&self.name, self.config.clone(), self.links.child_token())
-        });
-        match tokio::time::timeout_at(deadline, connect).await {
-            Ok(proxy) => proxy.map_err(|e| CallError::NotConnected(e.to_string())),
-            Err(_) => Err(CallError::NotConnected(
-                "no connection to the broker within the call's timeout".into(),
-            )),
-        }
-    }
-
-    /// The in-service dispatcher, connecting it first if needed (within the
-    /// config's `rpc_timeout`).
-    pub(crate) async fn events(&self) -> Result<&EventDispatcher, DispatchError> {
-        let connect = self.events.get_or_try_init(|| async {
-            let name = format!("{} events", self.name);
-            EventDispatcher::start(&name, self.config.clone(), self.links.child_token()).await
-        });
-        match tokio::time::timeout(self.config.rpc_timeout, connect).await {
-            Ok(events) => events.map_err(|e| DispatchError::NotConnected(e.to_string())),
-            Err(_) => Err(DispatchError::NotConnected(format!(
-                "no connection to the broker within {:?}",
-                self.config.rpc_timeout
-            ))),
-        }
-    }
-
-    /// Runs one call, event or timer tick, unless the stop's deadline
-    /// passes first: then it is dropped, and logged with its call id.
-    pub(crate) async fn until_abandoned(&self, work: impl Future<Output = ()>, call_id: &str) {
-        tokio::select! {
-            biased;
-            () = work => {}
-            () = self.abandon.cancelled() => {
-                tracing::warn!(
-                    service = %self.name,
-                    call_id,
-                    "abandoned at the shutdown timeout; its message returns to the queue"
-                );
-            }
-        }
-    }
-
-    /// Drops the work still running (see [`Self::until_abandoned`]).
-    pub(crate) fn abandon(&self) {
-        self.abandon.cancel();
-    }
-
-    /// Closes the runtime's own connections (each close is bounded).
-    pub(crate) async fn close(&self) {
-        self.links.cancel();
-        let proxy = async {
-            if let Some(proxy) = self.proxy.get() {
-                proxy.close().await;
-            }
-        };
-        let events = async {
-            if let Some(events) = self.events.get() {
-                events.close().await;
-            }
-        };
-        tokio::join!(proxy, events);
-    }
-}
 
 /// The context a handler runs in.
 ///
@@ -244,16 +142,21 @@ impl Context {
     ) -> Result<(), DispatchError> {
         let data =
             serde_json::to_value(data).map_err(|e| DispatchError::Serialize(e.to_string()))?;
-        let events = self.runtime().events().await?;
-        events
-            .dispatch_one(crate::events::OutgoingEvent {
-                source_service: self.service_name().to_owned(),
-                event_type: event_type.to_owned(),
-                data,
-                call_id_stack: self.call_id_stack().to_vec(),
-                context: self.data().clone(),
-            })
-            .await
+        let event = OutgoingEvent {
+            source_service: self.service_name().to_owned(),
+            event_type: event_type.to_owned(),
+            data,
+            call_id_stack: self.call_id_stack().to_vec(),
+            context: self.data().clone(),
+        };
+        let runtime = self.runtime();
+        match &runtime.outbound {
+            Outbound::Broker(broker) => broker.events(runtime).await?.dispatch_one(event).await,
+            Outbound::Local(local) => {
+                local.dispatch(event);
+                Ok(())
+            }
+        }
     }
 
     pub(crate) fn runtime(&self) -> &Arc<ServiceRuntime> {
@@ -297,18 +200,16 @@ impl ContextProxy {
 
     /// The service's proxy, carrying this call's context, and the deadline
     /// the whole call (connecting included) must meet.
-    async fn proxy(&self) -> Result<RpcProxy, CallError> {
-        let timeout = self
-            .timeout
-            .unwrap_or(self.ctx.inner.runtime.config.rpc_timeout);
+    async fn proxy(&self, broker: &BrokerLinks) -> Result<RpcProxy, CallError> {
         let runtime = self.ctx.runtime();
-        let proxy = match runtime.proxy.get() {
+        let timeout = self.timeout.unwrap_or(runtime.config.rpc_timeout);
+        let proxy = match broker.connected_proxy() {
             Some(proxy) => proxy.with_timeout(timeout),
             None => {
                 // The first call also waits for the connection: both share
                 // the one timeout.
                 let deadline = crate::proxy::deadline_after(timeout);
-                let proxy = runtime.proxy(deadline).await?;
+                let proxy = broker.proxy(runtime, deadline).await?;
                 proxy.with_timeout(deadline.saturating_duration_since(Instant::now()))
             }
         };
@@ -317,7 +218,7 @@ impl ContextProxy {
 
     /// Calls `service.method` and waits for the result.
     pub async fn call(&self, service: &str, method: &str, args: Args) -> Result<Value, CallError> {
-        self.proxy().await?.call(service, method, args).await
+        self.call_async(service, method, args).await?.result().await
     }
 
     /// Publishes the call and returns at once; collect the result later with
@@ -328,7 +229,24 @@ impl ContextProxy {
         method: &str,
         args: Args,
     ) -> Result<PendingCall, CallError> {
-        self.proxy().await?.call_async(service, method, args).await
+        match &self.ctx.runtime().outbound {
+            Outbound::Broker(broker) => {
+                self.proxy(broker)
+                    .await?
+                    .call_async(service, method, args)
+                    .await
+            }
+            Outbound::Local(local) => {
+                let answer = local.call(OutgoingCall {
+                    service: service.to_owned(),
+                    method: method.to_owned(),
+                    args,
+                    call_id_stack: self.ctx.call_id_stack().to_vec(),
+                    data: self.ctx.data().clone(),
+                });
+                Ok(PendingCall::known(service, method, answer))
+            }
+        }
     }
 }
 

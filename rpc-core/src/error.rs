@@ -6,6 +6,13 @@
 //! * [`CallError`]: why a call made through an [`RpcProxy`](crate::RpcProxy)
 //!   did not return a result.
 //! * [`ConnectError`]: why the broker could not be reached.
+//!
+//! [`RpcError`] is about one call; a service that stops because it cannot
+//! go on says why with [`ServiceError`](crate::ServiceError) instead.
+//!
+//! `?` on a [`CallError`] inside a handler turns it into the [`RpcError`]
+//! nameko 2.14.1 would send if a Python service sat in the middle and did
+//! not catch the exception: see [`RpcError::from`](#impl-From<CallError>-for-RpcError).
 
 use crate::wire::{python, ErrorObject, WireError};
 use serde_json::Value;
@@ -29,6 +36,15 @@ pub mod exc_path {
     pub const INVALID_ARGUMENT: &str = "rpc_core.exceptions.InvalidArgument";
     /// The handler panicked; the details are in the service's log only.
     pub const INTERNAL_ERROR: &str = "rpc_core.exceptions.InternalError";
+    /// A remote error the caller's process has no class for (nameko's
+    /// catch-all).
+    pub const REMOTE_ERROR: &str = "nameko.exceptions.RemoteError";
+    /// No queue is bound for the service called.
+    pub const UNKNOWN_SERVICE: &str = "nameko.exceptions.UnknownService";
+    /// No reply within the call's timeout.
+    pub const RPC_TIMEOUT: &str = "nameko.exceptions.RpcTimeout";
+    /// The connection to the broker failed during the call.
+    pub const RPC_CONNECTION_ERROR: &str = "nameko.exceptions.RpcConnectionError";
 }
 
 /// An error returned by an RPC handler, sent to the caller as nameko's
@@ -263,9 +279,90 @@ pub enum CallError {
     /// A service or method name the wire cannot carry.
     #[error("invalid call: {0}")]
     Invalid(#[from] WireError),
+    /// An argument cannot be serialised as JSON (a typed client's
+    /// argument with a map keyed by non-strings, say).
+    #[error("an argument cannot be sent: {0}")]
+    Encode(String),
     /// The proxy was closed.
     #[error("the proxy is closed")]
     Closed,
+}
+
+/// The classes nameko's client rebuilds from a reply (its built-in
+/// registry); every other remote error arrives as `RemoteError`.
+const NAMEKO_REGISTRY: [&str; 3] = [
+    exc_path::MALFORMED_REQUEST,
+    exc_path::METHOD_NOT_FOUND,
+    exc_path::INCORRECT_SIGNATURE,
+];
+
+impl From<CallError> for RpcError {
+    /// What a nameko 2.14.1 service sends its caller when a call it makes
+    /// fails and it lets the exception through:
+    ///
+    /// * a remote error of a class in nameko's registry (`MethodNotFound`,
+    ///   `IncorrectSignature`, `MalformedRequest`) as that class, its args
+    ///   and value unchanged;
+    /// * any other remote error as `RemoteError`, whose one arg and value
+    ///   are `"{exc_type} {value}"` (`RemoteError PersonNotFound no person
+    ///   with id 9`);
+    /// * an unknown service as `UnknownService` (value ``Unknown service
+    ///   `name` ``), a timeout as `RpcTimeout` (its seconds), a lost
+    ///   connection as `RpcConnectionError`;
+    /// * a reply that does not decode, or a call that could not be made, as
+    ///   this library's `InternalError`.
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::Remote(remote) if NAMEKO_REGISTRY.contains(&remote.exc_path.as_str()) => {
+                RpcError::new(remote.exc_type, remote.exc_path, remote.exc_args)
+                    .with_value(remote.value)
+            }
+            CallError::Remote(remote) => {
+                let message = remote.to_string();
+                RpcError::new(
+                    "RemoteError",
+                    exc_path::REMOTE_ERROR,
+                    vec![Value::String(message.clone())],
+                )
+                .with_value(message)
+            }
+            CallError::UnknownService(service) => RpcError::new(
+                "UnknownService",
+                exc_path::UNKNOWN_SERVICE,
+                vec![Value::String(service.clone())],
+            )
+            .with_value(format!("Unknown service `{service}`")),
+            CallError::Timeout { timeout, .. } => {
+                let seconds = python_seconds(timeout);
+                RpcError::new(
+                    "RpcTimeout",
+                    exc_path::RPC_TIMEOUT,
+                    vec![Value::String(seconds.clone())],
+                )
+                .with_value(seconds)
+            }
+            e @ (CallError::ConnectionLost { .. } | CallError::NotConnected(_)) => {
+                let text = e.to_string();
+                RpcError::new(
+                    "RpcConnectionError",
+                    exc_path::RPC_CONNECTION_ERROR,
+                    vec![Value::String(text.clone())],
+                )
+                .with_value(text)
+            }
+            other => RpcError::internal(format!("a call to another service failed: {other}")),
+        }
+    }
+}
+
+/// Seconds as Python prints the number nameko's `RpcTimeout` holds: `10`
+/// for a whole number, `2.5` otherwise.
+fn python_seconds(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        d.as_secs().to_string()
+    } else {
+        d.as_secs_f64().to_string()
+    }
 }
 
 impl CallError {

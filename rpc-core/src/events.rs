@@ -223,6 +223,48 @@ pub struct OutgoingEvent {
     pub context: BTreeMap<String, Value>,
 }
 
+/// Which events a handler receives: events of one type dispatched by one
+/// service. Written `Subscription::to("person_created").from("person")`, so
+/// the two names cannot be swapped unnoticed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subscription {
+    pub(crate) source_service: String,
+    pub(crate) event_type: String,
+}
+
+/// The first half of a [`Subscription`]: the event type, waiting for the
+/// service it comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[must_use = "finish the subscription with .from(source_service)"]
+pub struct EventType(String);
+
+impl Subscription {
+    /// Events of type `event_type` (nameko's `event_type`, the routing key).
+    pub fn to(event_type: &str) -> EventType {
+        EventType(event_type.to_owned())
+    }
+
+    /// The service the events come from (`{source_service}.events`).
+    pub fn source_service(&self) -> &str {
+        &self.source_service
+    }
+
+    /// The event type.
+    pub fn event_type(&self) -> &str {
+        &self.event_type
+    }
+}
+
+impl EventType {
+    /// ... dispatched by `source_service` (nameko's `source_service`).
+    pub fn from(self, source_service: &str) -> Subscription {
+        Subscription {
+            source_service: source_service.to_owned(),
+            event_type: self.0,
+        }
+    }
+}
+
 /// How a handler subscribes: nameko's `handler_type`, `reliable_delivery`,
 /// `requeue_on_error` and `broadcast_identifier`, plus the back-off between
 /// requeues.
@@ -337,8 +379,7 @@ pub(crate) struct EventHandlerEntry {
 impl EventHandlerEntry {
     pub(crate) fn new<T, F, Fut, E>(
         name: &str,
-        source_service: &str,
-        event_type: &str,
+        subscription: Subscription,
         options: EventHandlerOptions,
         handler: F,
     ) -> Self
@@ -369,8 +410,8 @@ impl EventHandlerEntry {
         });
         EventHandlerEntry {
             name: name.to_owned(),
-            source_service: source_service.to_owned(),
-            event_type: event_type.to_owned(),
+            source_service: subscription.source_service,
+            event_type: subscription.event_type,
             options,
             handler: erased,
             failures: Arc::new(AtomicU32::new(0)),
@@ -453,8 +494,7 @@ mod tests {
     fn entry(options: EventHandlerOptions) -> EventHandlerEntry {
         EventHandlerEntry::new(
             "on_ping",
-            "src",
-            "ping",
+            Subscription::to("ping").from("src"),
             options,
             |_c: Context, _d: Value| async { Ok::<(), String>(()) },
         )

@@ -52,6 +52,7 @@
 
 #![warn(missing_docs)]
 
+pub mod client;
 pub mod config;
 pub mod config_file;
 pub mod connection;
@@ -61,23 +62,32 @@ pub mod events;
 mod link;
 pub mod method;
 pub mod proxy;
+mod runtime;
 pub mod server;
 pub mod shutdown;
+pub mod testing;
 pub mod timer;
 pub mod wire;
 
+pub use client::{CallArgs, Caller};
 pub use config::{Config, RetryPolicy};
 pub use connection::AmqpUri;
 pub use context::{Context, ContextProxy};
 pub use error::{CallError, ConnectError, RemoteError, RpcError};
-pub use events::{DispatchError, EventDispatcher, EventHandlerOptions, OutgoingEvent};
+pub use events::{
+    DispatchError, EventDispatcher, EventHandlerOptions, OutgoingEvent, Subscription,
+};
 pub use method::{ArgumentError, FromArgs, Signature};
 pub use proxy::{Args, PendingCall, RpcProxy};
+pub use rpc_core_macros::{client, service};
 pub use server::{
     CallObserver, CallOutcome, Service, ServiceBuilder, ServiceError, ServiceHandle, ServiceStatus,
 };
 pub use timer::Timer;
 pub use wire::EventHandlerType;
+
+#[doc(hidden)]
+pub mod __private;
 
 /// Re-exported so services can build JSON values and maps without naming
 /// serde_json's version.

@@ -25,6 +25,7 @@ use lapin::Confirmation;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap};
+use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -440,13 +441,16 @@ impl RpcProxy {
         }
         tracing::trace!(%correlation_id, service, method, "request published");
         Ok(PendingCall {
-            rx,
-            _guard: guard,
-            deadline,
-            timeout: self.timeout,
+            answer: Answer::Reply {
+                rx,
+                _guard: guard,
+                deadline,
+                timeout: self.timeout,
+            },
             service: service.to_owned(),
             method: method.to_owned(),
             correlation_id,
+            result_type: PhantomData,
         })
     }
 
@@ -457,19 +461,32 @@ impl RpcProxy {
     }
 }
 
-/// A call that has been published; see [`RpcProxy::call_async`].
+/// A call that has been published; see [`RpcProxy::call_async`]. Its
+/// result is decoded into `T` (any JSON value by default; typed clients
+/// made by [`macro@crate::service`] name the method's return type).
 #[must_use = "a pending call does nothing unless its result is awaited"]
-pub struct PendingCall {
-    rx: oneshot::Receiver<ReplyEvent>,
-    _guard: PendingGuard,
-    deadline: Instant,
-    timeout: Duration,
+pub struct PendingCall<T = Value> {
+    answer: Answer,
     service: String,
     method: String,
     correlation_id: String,
+    result_type: PhantomData<fn() -> T>,
 }
 
-impl std::fmt::Debug for PendingCall {
+/// Where a pending call's answer comes from.
+enum Answer {
+    /// A reply queue, until the deadline.
+    Reply {
+        rx: oneshot::Receiver<ReplyEvent>,
+        _guard: PendingGuard,
+        deadline: Instant,
+        timeout: Duration,
+    },
+    /// Known already (a stub of [`crate::testing::LocalService`]).
+    Known(Result<Value, CallError>),
+}
+
+impl<T> std::fmt::Debug for PendingCall<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PendingCall")
             .field("service", &self.service)
@@ -480,41 +497,82 @@ impl std::fmt::Debug for PendingCall {
 }
 
 impl PendingCall {
+    /// A call whose answer is already known (no broker involved).
+    pub(crate) fn known(service: &str, method: &str, answer: Result<Value, CallError>) -> Self {
+        PendingCall {
+            answer: Answer::Known(answer),
+            service: service.to_owned(),
+            method: method.to_owned(),
+            correlation_id: uuid::Uuid::new_v4().to_string(),
+            result_type: PhantomData,
+        }
+    }
+
+    /// Like [`PendingCall::result`], deserialising the result into `U`.
+    pub async fn result_as<U: DeserializeOwned>(self) -> Result<U, CallError> {
+        self.typed::<U>().result().await
+    }
+}
+
+impl<T> PendingCall<T> {
     /// The request's correlation id.
     pub fn correlation_id(&self) -> &str {
         &self.correlation_id
     }
 
-    /// Waits for the reply (until the call's deadline, counted from when it
-    /// was made) and returns the result or the remote error.
-    pub async fn result(self) -> Result<Value, CallError> {
-        let lost = |reason: String| CallError::ConnectionLost {
-            service: self.service.clone(),
-            method: self.method.clone(),
-            reason,
-        };
-        let event = match tokio::time::timeout_at(self.deadline, self.rx).await {
-            Err(_) => {
-                return Err(CallError::Timeout {
-                    service: self.service,
-                    method: self.method,
-                    timeout: self.timeout,
-                })
-            }
-            Ok(Err(_)) => return Err(lost("the reply listener stopped".into())),
-            Ok(Ok(ReplyEvent::Lost(reason))) => return Err(lost(reason)),
-            Ok(Ok(ReplyEvent::Body(body))) => body,
-        };
-        match wire::decode_reply(&event) {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(error)) => Err(CallError::Remote(error.into())),
-            Err(e) => Err(CallError::Decode(e.to_string())),
+    /// The same call, its result decoded into `U` instead.
+    pub fn typed<U>(self) -> PendingCall<U> {
+        PendingCall {
+            answer: self.answer,
+            service: self.service,
+            method: self.method,
+            correlation_id: self.correlation_id,
+            result_type: PhantomData,
         }
     }
+}
 
-    /// Like [`PendingCall::result`], deserialising the result into `T`.
-    pub async fn result_as<T: DeserializeOwned>(self) -> Result<T, CallError> {
-        let value = self.result().await?;
-        serde_json::from_value(value).map_err(|e| CallError::Decode(e.to_string()))
+impl<T: DeserializeOwned> PendingCall<T> {
+    /// Waits for the reply (until the call's deadline, counted from when it
+    /// was made) and returns the result or the remote error.
+    pub async fn result(self) -> Result<T, CallError> {
+        let value = match self.answer {
+            Answer::Known(answer) => answer?,
+            Answer::Reply {
+                rx,
+                _guard,
+                deadline,
+                timeout,
+            } => {
+                let lost = |reason: String| CallError::ConnectionLost {
+                    service: self.service.clone(),
+                    method: self.method.clone(),
+                    reason,
+                };
+                let body = match tokio::time::timeout_at(deadline, rx).await {
+                    Err(_) => {
+                        return Err(CallError::Timeout {
+                            service: self.service,
+                            method: self.method,
+                            timeout,
+                        })
+                    }
+                    Ok(Err(_)) => return Err(lost("the reply listener stopped".into())),
+                    Ok(Ok(ReplyEvent::Lost(reason))) => return Err(lost(reason)),
+                    Ok(Ok(ReplyEvent::Body(body))) => body,
+                };
+                match wire::decode_reply(&body) {
+                    Ok(Ok(value)) => value,
+                    Ok(Err(error)) => return Err(CallError::Remote(error.into())),
+                    Err(e) => return Err(CallError::Decode(e.to_string())),
+                }
+            }
+        };
+        serde_json::from_value(value).map_err(|e| {
+            CallError::Decode(format!(
+                "the result of {}.{} does not fit the type asked for: {e}",
+                self.service, self.method
+            ))
+        })
     }
 }

@@ -4,7 +4,8 @@
 //! interrupts the sleep but waits for a running tick (until the stop's
 //! deadline).
 
-use crate::context::{Context, MessageFacts, ServiceRuntime};
+use crate::context::{Context, MessageFacts};
+use crate::runtime::ServiceRuntime;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use std::collections::BTreeMap;

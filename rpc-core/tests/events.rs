@@ -8,6 +8,7 @@ mod common;
 use common::{config, emitter};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
+use rpc_core::events::Subscription;
 use rpc_core::{
     json, Args, Config, Context, EventDispatcher, EventHandlerOptions, RpcProxy, Service,
     ServiceHandle, Value,
@@ -35,8 +36,7 @@ async fn listener(
     let mut handle = Service::builder(name)
         .event_handler(
             "on_event",
-            source,
-            event_type,
+            Subscription::to(event_type).from(source),
             options,
             move |ctx: Context, data: Value| {
                 let tx = tx.clone();
@@ -283,8 +283,7 @@ async fn a_reliable_broadcast_without_identifier_is_refused() {
     let mut handle = Service::builder(&unique_name("bad"))
         .event_handler(
             "h",
-            "src",
-            "x",
+            Subscription::to("x").from("src"),
             EventHandlerOptions::broadcast(),
             |_c: Context, _d: Value| async { Ok::<(), String>(()) },
         )
@@ -314,8 +313,7 @@ async fn failing(
     let mut handle = Service::builder(name)
         .event_handler(
             "on_event",
-            source,
-            "work",
+            Subscription::to("work").from(source),
             options,
             move |_ctx: Context, _data: u32| {
                 let seen = seen.clone();

@@ -6,6 +6,7 @@
 mod common;
 
 use common::{emitter, python_dir, wait_for_python};
+use rpc_core::events::Subscription;
 use rpc_core::{
     json, Args, Config, Context, EventDispatcher, EventHandlerOptions, RpcError, RpcProxy, Service,
     ServiceHandle, Signature, Value,
@@ -167,8 +168,7 @@ async fn rust_handlers_of_each_type_receive_python_events() {
         let tx = tx.clone();
         builder = builder.event_handler(
             handler,
-            &py,
-            "pong",
+            Subscription::to("pong").from(&py),
             options,
             move |ctx: Context, data: Value| {
                 let tx = tx.clone();

@@ -32,6 +32,7 @@
 mod common;
 
 use common::config;
+use rpc_core::events::Subscription;
 use rpc_core::{
     Args, Config, Context, EventDispatcher, EventHandlerOptions, RpcError, RpcProxy, Service,
     ServiceHandle, ServiceStatus, Signature, Timer,
@@ -233,8 +234,7 @@ fn service(name: &str, source: &str, activity: &Arc<Activity>) -> Service {
         let on_event = Arc::clone(activity);
         builder = builder.event_handler(
             handler,
-            source,
-            "tick",
+            Subscription::to("tick").from(source),
             options,
             move |_ctx: Context, ms: u64| {
                 let activity = Arc::clone(&on_event);

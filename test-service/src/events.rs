@@ -25,6 +25,7 @@
 //! also recognised by that name: the event may well arrive before the
 //! create's reply has told the round which id the person got.
 
+use rpc_core::events::Subscription;
 use rpc_core::{
     Config, Context, EventHandlerOptions, Service, ServiceBuilder, ServiceHandle, Value,
 };
@@ -298,8 +299,7 @@ pub fn subscribe(
         let board = board.clone();
         builder = builder.event_handler(
             kind.handler_name(),
-            target,
-            kind.event_type(),
+            Subscription::to(kind.event_type()).from(target),
             options.clone(),
             move |ctx: Context, data: Value| {
                 let board = board.clone();

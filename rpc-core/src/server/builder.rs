@@ -4,7 +4,7 @@ use super::observer::CallObserver;
 use super::Service;
 use crate::context::Context;
 use crate::error::RpcError;
-use crate::events::{EventHandlerEntry, EventHandlerOptions};
+use crate::events::{EventHandlerEntry, EventHandlerOptions, Subscription};
 use crate::method::{ArgumentError, FromArgs, Method, Signature};
 use crate::timer::{Timer, TimerEntry};
 use futures::FutureExt;
@@ -48,15 +48,15 @@ impl ServiceBuilder {
         }
     }
 
-    /// Registers an event handler: entrypoint `name` receives events
-    /// `event_type` dispatched by `source_service`, its data deserialised
-    /// into `T`. See [`crate::events`] for the queue, ack and requeue rules.
+    /// Registers an event handler: entrypoint `name` receives the events of
+    /// `subscription` (`Subscription::to("person_created").from("person")`),
+    /// its data deserialised into `T`. See [`crate::events`] for the queue,
+    /// ack and requeue rules.
     #[must_use]
     pub fn event_handler<T, F, Fut, E>(
         mut self,
         name: &str,
-        source_service: &str,
-        event_type: &str,
+        subscription: Subscription,
         options: EventHandlerOptions,
         handler: F,
     ) -> Self
@@ -66,13 +66,9 @@ impl ServiceBuilder {
         Fut: Future<Output = Result<(), E>> + Send + 'static,
         E: std::fmt::Display + Send + 'static,
     {
-        self.def.event_handlers.push(EventHandlerEntry::new(
-            name,
-            source_service,
-            event_type,
-            options,
-            handler,
-        ));
+        self.def
+            .event_handlers
+            .push(EventHandlerEntry::new(name, subscription, options, handler));
         self
     }
 

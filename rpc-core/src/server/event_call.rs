@@ -2,8 +2,9 @@
 //! requeue after a back-off when the handler failed and asked for that.
 
 use super::session::{ack, requeue, Handoff};
-use crate::context::{Context, MessageFacts, ServiceRuntime};
+use crate::context::{Context, MessageFacts};
 use crate::events::{EventFailure, EventHandlerEntry};
+use crate::runtime::ServiceRuntime;
 use crate::wire;
 use futures::FutureExt;
 use lapin::message::Delivery;

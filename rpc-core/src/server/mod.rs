@@ -31,12 +31,15 @@
 //! * `builder`: defining a service ([`ServiceBuilder`]).
 //! * `handle`: a running service's handle and status.
 //! * `session`: the AMQP session: declare, consume, reconnect, wind down.
-//! * `rpc_call`, `event_call`: handling one request, one event.
+//! * `rpc_call`, `event_call`: handling one request, one event, on AMQP.
+//! * `invoke`: one request's work without the transport (shared with
+//!   [`crate::testing`]).
 //! * `observer`: hooks on every call.
 
 mod builder;
 mod event_call;
 mod handle;
+mod invoke;
 mod observer;
 mod rpc_call;
 mod session;
@@ -47,8 +50,8 @@ pub use observer::{CallObserver, CallOutcome, UNKNOWN_METHOD};
 
 use crate::config::Config;
 use crate::connection;
-use crate::context::ServiceRuntime;
 use crate::error::ConnectError;
+use crate::runtime::ServiceRuntime;
 use crate::timer;
 use crate::wire;
 use builder::ServiceDef;
@@ -122,6 +125,14 @@ impl Service {
     /// Names of the registered methods.
     pub fn method_names(&self) -> impl Iterator<Item = &str> {
         self.def.methods.keys().map(String::as_str)
+    }
+
+    pub(crate) fn timers(&self) -> impl Iterator<Item = &crate::timer::TimerEntry> {
+        self.def.timers.iter()
+    }
+
+    pub(crate) fn event_handlers(&self) -> impl Iterator<Item = &crate::events::EventHandlerEntry> {
+        self.def.event_handlers.iter()
     }
 
     /// Runs until `stop` is cancelled, then stops gracefully (see the
@@ -249,6 +260,27 @@ impl Service {
         tracing::info!(service = %name, "stopped");
         result
     }
+}
+
+/// One request's work for [`crate::testing::LocalService`]: a JSON body,
+/// as it would arrive from the broker.
+pub(crate) async fn invoke_local(
+    service: &Service,
+    ctx: &crate::context::Context,
+    method: &str,
+    body: &[u8],
+    max_request_bytes: usize,
+) -> Result<Vec<u8>, (crate::error::RpcError, bool)> {
+    invoke::invoke(
+        &service.def,
+        ctx,
+        method,
+        Some("application/json"),
+        Some("utf-8"),
+        body,
+        max_request_bytes,
+    )
+    .await
 }
 
 #[cfg(test)]

@@ -2,17 +2,16 @@
 //! then reply, wait for the broker's confirm, and only then ack.
 
 use super::builder::ServiceDef;
+use super::invoke::invoke;
 use super::observer::{CallOutcome, UNKNOWN_METHOD};
 use super::session::{ack, requeue, unless_gone, Handoff};
-use crate::context::{Context, MessageFacts, ServiceRuntime};
+use crate::context::{Context, MessageFacts};
 use crate::error::RpcError;
-use crate::method::HandlerFailure;
+use crate::runtime::ServiceRuntime;
 use crate::wire;
-use futures::FutureExt;
 use lapin::message::Delivery;
 use lapin::options::BasicPublishOptions;
 use lapin::Channel;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::OwnedSemaphorePermit;
@@ -108,8 +107,7 @@ impl Call {
             .await;
     }
 
-    /// Runs the request, or says why it cannot run. The flag tells an error
-    /// the handler raised (expected) from one about the request itself.
+    /// Runs the request, or says why it cannot run (see [`invoke`]).
     async fn execute(
         &self,
         ctx: &Context,
@@ -117,50 +115,16 @@ impl Call {
         delivery: &Delivery,
     ) -> Result<Vec<u8>, (RpcError, bool)> {
         let props = &delivery.properties;
-        let request = wire::decode_request(
+        invoke(
+            &self.def,
+            ctx,
+            method,
             props.content_type().as_ref().map(|c| c.as_str()),
             props.content_encoding().as_ref().map(|c| c.as_str()),
             &delivery.data,
             self.handoff.max_request_bytes,
         )
-        .map_err(|e| (RpcError::malformed_request(e.to_string()), false))?;
-        let entry = self
-            .def
-            .methods
-            .get(method)
-            .ok_or_else(|| (RpcError::method_not_found(method), false))?;
-        let values = entry
-            .signature
-            .bind(method, request.args, request.kwargs)
-            .map_err(|e| (e, false))?;
-        match AssertUnwindSafe((entry.handler)(ctx.clone(), values))
-            .catch_unwind()
-            .await
-        {
-            Ok(Ok(body)) => Ok(body),
-            Ok(Err(HandlerFailure::Raised(e))) => Err((e, true)),
-            Ok(Err(HandlerFailure::Argument(e))) => {
-                Err(((self.def.on_invalid_argument)(&e), false))
-            }
-            Ok(Err(HandlerFailure::Unserializable(detail))) => {
-                tracing::error!(detail = %detail, "the method's result cannot be serialised");
-                Err((RpcError::unserializable(&detail), false))
-            }
-            Err(panic) => {
-                let text = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
-                tracing::error!(panic = %text, "the method panicked");
-                Err((
-                    RpcError::internal(
-                        "the method failed unexpectedly; the service log has the details",
-                    ),
-                    false,
-                ))
-            }
-        }
+        .await
     }
 
     /// Reply, wait for the confirm, then ack: the request leaves the queue

@@ -117,6 +117,14 @@ fn registration(e: &Entrypoint) -> TokenStream {
     let args = call_arguments(e, &ctx);
     let call = quote!(Self::#method(&*#this, #(#args),*).await);
     let share = quote!(let #this = ::std::sync::Arc::clone(&#this););
+    // A bound the builder puts on the method's types is reported at the
+    // method's return type, not at the attribute.
+    let at = e.sig.output.span();
+    let (method_fn, timer_fn, event_fn) = (
+        Ident::new("method", at),
+        Ident::new("timer", at),
+        Ident::new("event_handler", at),
+    );
     match &e.kind {
         Kind::Rpc { wire_name } => {
             let signature = e.params.iter().map(|p| {
@@ -131,7 +139,7 @@ fn registration(e: &Entrypoint) -> TokenStream {
             let names = e.params.iter().map(|p| &p.ident);
             let types = e.params.iter().map(|p| &p.ty);
             quote! {
-                .method(
+                .#method_fn(
                     #wire_name,
                     ::rpc_core::Signature::new() #(#signature)*,
                     {
@@ -148,7 +156,7 @@ fn registration(e: &Entrypoint) -> TokenStream {
             let name = method.to_string();
             let eager = eager.then(|| quote!(.eager()));
             quote! {
-                .timer(
+                .#timer_fn(
                     #name,
                     ::rpc_core::Timer::every(::std::time::Duration::from_secs_f64((#interval) as f64)) #eager,
                     {
@@ -184,7 +192,7 @@ fn registration(e: &Entrypoint) -> TokenStream {
             let data = &e.params[0].ident;
             let data_ty = &e.params[0].ty;
             quote! {
-                .event_handler(
+                .#event_fn(
                     #name,
                     ::rpc_core::Subscription::to(#event).from(#source),
                     ::rpc_core::EventHandlerOptions::#base() #reliable #requeue #identifier,
@@ -313,6 +321,9 @@ fn client(
         let name = &e.sig.ident;
         let async_name = format_ident!("{}_async", name.to_string().trim_start_matches("r#"));
         let ok = &e.ok_type;
+        // The client decodes the result: a result type that cannot be
+        // deserialised is reported at the method's return type.
+        let result_fn = Ident::new("result", ok.span());
         let params: Vec<TokenStream> = e
             .params
             .iter()
@@ -335,7 +346,7 @@ fn client(
         Some(quote! {
             #(#docs)*
             pub async fn #name(&self, #(#params),*) -> ::core::result::Result<#ok, ::rpc_core::CallError> {
-                self.#async_name(#(#idents),*).await?.result().await
+                self.#async_name(#(#idents),*).await?.#result_fn().await
             }
 
             #[doc = concat!("Publishes `", #wire_name, "` and returns at once; collect the result from the [`PendingCall`](::rpc_core::PendingCall).")]
@@ -492,7 +503,8 @@ pub fn service_trait(args: ServiceArgs, mut item: ItemTrait) -> syn::Result<Toke
         .clone()
         .unwrap_or_else(|| format_ident!("{}Client", item.ident));
     let assertions = assertions(&entrypoints);
-    let client = client(&args.name, &client_name, &item.vis, &entrypoints);
+    let client =
+        (!args.no_client).then(|| client(&args.name, &client_name, &item.vis, &entrypoints));
     Ok(quote! {
         #item
 

@@ -18,6 +18,9 @@ const MAX_PARAMS: usize = 12;
 pub struct ServiceArgs {
     pub name: LitStr,
     pub client: Option<Ident>,
+    /// `no_client`: a service whose results are not `Deserialize` has no
+    /// typed client.
+    pub no_client: bool,
     pub on_invalid_argument: Option<syn::Path>,
 }
 
@@ -26,16 +29,19 @@ impl ServiceArgs {
         let mut name = None;
         let mut client = None;
         let mut on_invalid_argument = None;
+        let mut no_client = false;
         let parser = syn::meta::parser(|meta| {
             if meta.path.is_ident(name_key) {
                 name = Some(meta.value()?.parse::<LitStr>()?);
             } else if meta.path.is_ident("client") {
                 client = Some(meta.value()?.parse::<Ident>()?);
+            } else if meta.path.is_ident("no_client") && name_key == "name" {
+                no_client = true;
             } else if meta.path.is_ident("on_invalid_argument") && name_key == "name" {
                 on_invalid_argument = Some(meta.value()?.parse::<syn::Path>()?);
             } else {
                 let known = if name_key == "name" {
-                    "`name = \"...\"`, `client = Ident`, `on_invalid_argument = path`"
+                    "`name = \"...\"`, `client = Ident`, `no_client`, `on_invalid_argument = path`"
                 } else {
                     "`service = \"...\"`, `client = Ident`"
                 };
@@ -56,6 +62,7 @@ impl ServiceArgs {
         Ok(ServiceArgs {
             name,
             client,
+            no_client,
             on_invalid_argument,
         })
     }

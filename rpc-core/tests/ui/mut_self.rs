@@ -1,0 +1,11 @@
+struct S;
+
+#[rpc_core::service(name = "s")]
+impl S {
+    #[rpc]
+    async fn m(&mut self) -> Result<(), rpc_core::RpcError> {
+        Ok(())
+    }
+}
+
+fn main() {}

@@ -1,27 +1,13 @@
 //! People and the rules every change to them obeys, shared by the RPC and
 //! HTTP faces so both validate the same way and report the same errors.
 
-use serde::{Deserialize, Serialize};
-
 /// Longest first or last name, in characters (Unicode scalar values).
 pub const MAX_NAME_CHARS: usize = 100;
 /// Oldest age accepted.
 pub const MAX_AGE: i64 = 150;
 
-/// A stored person.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Person {
-    /// Assigned by the store; never reused after a delete.
-    pub id: i64,
-    /// First name, 1 to 100 characters.
-    pub first_name: String,
-    /// Last name, 1 to 100 characters.
-    pub last_name: String,
-    /// Age in years, 0 to 150.
-    pub age: i64,
-    /// Club member.
-    pub member: bool,
-}
+/// A stored person: the record of the service's contract (person-api).
+pub use person_api::Person;
 
 /// A person not stored yet, already validated.
 #[derive(Clone, Debug, PartialEq, Eq)]

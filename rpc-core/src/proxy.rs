@@ -576,3 +576,29 @@ impl<T: DeserializeOwned> PendingCall<T> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Record {
+        id: i64,
+        age: i64,
+    }
+
+    #[tokio::test]
+    async fn a_result_of_the_wrong_shape_is_described() {
+        let wrong = PendingCall::known("person", "get", Ok(json!({"id": 7, "age": "36"})));
+        let err = wrong.typed::<Record>().result().await.unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, CallError::Decode(_)), "{err:?}");
+        assert!(text.contains("person.get"), "{text}");
+        assert!(text.contains("invalid type: string \"36\", expected i64"), "{text}");
+        let missing = PendingCall::known("person", "get", Ok(json!({"id": 7})));
+        let text = missing.typed::<Record>().result().await.unwrap_err().to_string();
+        assert!(text.contains("missing field `age`"), "{text}");
+    }
+}

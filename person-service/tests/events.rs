@@ -7,6 +7,7 @@ mod helpers;
 
 use helpers::http::Body;
 use helpers::spawn_app;
+use helpers::Api;
 use person_service::domain::NewPerson;
 use person_service::store::{EventContext, Store, WriteMeta};
 use rpc_core::events::Subscription;

@@ -7,6 +7,7 @@ mod helpers;
 
 use helpers::http::{spec, Body, Http};
 use helpers::spawn_app;
+use helpers::Api;
 use reqwest::Method;
 use rpc_core::{json, Args, Value};
 use std::collections::BTreeSet;

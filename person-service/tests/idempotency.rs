@@ -6,6 +6,7 @@ mod helpers;
 
 use helpers::raw::Raw;
 use helpers::spawn_app;
+use helpers::Api;
 use rpc_core::{json, Args, Value};
 
 fn ok(reply: helpers::raw::RawReply) -> Value {

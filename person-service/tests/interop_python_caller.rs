@@ -10,7 +10,7 @@
 
 mod helpers;
 
-use helpers::{python_dir, spawn_app};
+use helpers::{python_dir, spawn_app, Api};
 use rpc_core::{json, Args, CallError, Context, RpcError, RpcProxy, Service, Signature, Value};
 use std::time::{Duration, Instant};
 use test_support::nameko::NamekoRun;

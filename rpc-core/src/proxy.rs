@@ -596,9 +596,17 @@ mod tests {
         let text = err.to_string();
         assert!(matches!(err, CallError::Decode(_)), "{err:?}");
         assert!(text.contains("person.get"), "{text}");
-        assert!(text.contains("invalid type: string \"36\", expected i64"), "{text}");
+        assert!(
+            text.contains("invalid type: string \"36\", expected i64"),
+            "{text}"
+        );
         let missing = PendingCall::known("person", "get", Ok(json!({"id": 7})));
-        let text = missing.typed::<Record>().result().await.unwrap_err().to_string();
+        let text = missing
+            .typed::<Record>()
+            .result()
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(text.contains("missing field `age`"), "{text}");
     }
 }

@@ -4,8 +4,10 @@
 #![allow(dead_code)]
 
 use person_service::domain::Page;
+use person_service::people::People;
 use person_service::store::Store;
 use person_service::{Application, RunningApp, Settings};
+use rpc_core::testing::LocalService;
 use rpc_core::{Args, CallError, RemoteError, RpcProxy, Value};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -66,31 +68,71 @@ pub async fn start(name: &str, db: &Path) -> RunningApp {
     running
 }
 
-impl TestApp {
-    pub async fn call(&self, method: &str, args: Args) -> Result<Value, CallError> {
-        self.proxy.call(&self.name, method, args).await
-    }
+/// Calls to a person service, over the broker ([`TestApp`]) or in
+/// process ([`LocalApp`]): the helpers tests use on either.
+pub trait Api {
+    fn call(
+        &self,
+        method: &str,
+        args: Args,
+    ) -> impl std::future::Future<Output = Result<Value, CallError>>;
 
-    pub async fn ok(&self, method: &str, args: Args) -> Value {
+    async fn ok(&self, method: &str, args: Args) -> Value {
         self.call(method, args)
             .await
             .unwrap_or_else(|e| panic!("{method} failed: {e}"))
     }
 
-    pub async fn remote_err(&self, method: &str, args: Args) -> RemoteError {
+    async fn remote_err(&self, method: &str, args: Args) -> RemoteError {
         match self.call(method, args).await {
             Err(CallError::Remote(e)) => e,
             other => panic!("{method}: expected a remote error, got {other:?}"),
         }
     }
 
-    pub async fn create(&self, first: &str, last: &str, age: i64) -> i64 {
+    async fn create(&self, first: &str, last: &str, age: i64) -> i64 {
         self.ok("create", Args::new().arg(first).arg(last).arg(age))
             .await
             .as_i64()
             .expect("create returns an id")
     }
+}
 
+impl Api for TestApp {
+    async fn call(&self, method: &str, args: Args) -> Result<Value, CallError> {
+        self.proxy.call(&self.name, method, args).await
+    }
+}
+
+/// person-service's RPC methods run in process (no broker) over a real
+/// SQLite file of their own.
+pub struct LocalApp {
+    pub local: LocalService,
+    pub dir: tempfile::TempDir,
+}
+
+pub async fn local_app() -> LocalApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("person.db");
+    let store = tokio::task::spawn_blocking(move || Store::open(&db))
+        .await
+        .unwrap()
+        .expect("the database opens");
+    let people = People::new(store, "person");
+    let local = LocalService::new(person_service::rpc::service("person", people).build());
+    LocalApp { local, dir }
+}
+
+impl Api for LocalApp {
+    async fn call(&self, method: &str, args: Args) -> Result<Value, CallError> {
+        self.local
+            .call(method, args)
+            .await
+            .map_err(CallError::Remote)
+    }
+}
+
+impl TestApp {
     pub async fn stop(&mut self) {
         if let Some(running) = self.running.take() {
             running

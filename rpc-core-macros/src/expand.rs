@@ -39,9 +39,10 @@ fn entrypoints<'a>(
             Err(e) => combine(&mut errors, e),
         }
     }
-    // Two methods with one name on the wire would shadow each other.
+    // Two entrypoints with one name on the wire would shadow each other (a
+    // client may describe one remote method in several ways).
     let mut names = std::collections::HashSet::new();
-    for e in &found {
+    for e in found.iter().filter(|_| form == Form::Service) {
         let (name, span) = match &e.kind {
             Kind::Rpc { wire_name } => (wire_name.clone(), e.sig.ident.span()),
             _ => (e.sig.ident.to_string(), e.sig.ident.span()),

@@ -1,5 +1,5 @@
-//! A standalone client, like nameko's `ClusterRpcProxy`: one call, several
-//! calls in flight at once, and the errors a call can end with.
+//! A standalone client, like nameko's `ClusterRpcProxy`: a typed client,
+//! several calls in flight at once, and the errors a call can end with.
 //!
 //! ```text
 //! cargo run -p rpc-core --example minimal_service &
@@ -9,6 +9,13 @@
 use rpc_core::{Args, CallError, Config, RpcProxy};
 use std::time::Duration;
 
+/// The greeter of `minimal_service`: its client is written from this
+/// description (a service in Python would be described the same way).
+#[rpc_core::client(service = "greeter")]
+trait Greeter {
+    async fn hello(&self, name: String, #[default] punctuation: Option<String>) -> String;
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let uri =
@@ -17,42 +24,31 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // A command-line tool should fail fast rather than retry forever.
     config.connect_retry = rpc_core::RetryPolicy::once();
     let proxy = RpcProxy::connect(config).await?;
+    let greeter = GreeterClient::new(proxy.clone());
 
-    let greeting = proxy
-        .call("greeter", "hello", Args::new().arg("Ada"))
-        .await?;
-    println!("{greeting}");
+    println!("{}", greeter.hello("Ada".into(), None).await?);
 
     // Many calls in flight on one reply queue, collected later.
     let mut pending = Vec::new();
     for name in ["Alan", "Grace", "Edsger"] {
-        pending.push(
-            proxy
-                .call_async(
-                    "greeter",
-                    "hello",
-                    Args::new().arg(name).kwarg("punctuation", "?"),
-                )
-                .await?,
-        );
+        pending.push(greeter.hello_async(name.into(), Some("?".into())).await?);
     }
     for call in pending {
         println!("{}", call.result().await?);
     }
 
     // How failures look.
-    match proxy.call("greeter", "hello", Args::new().arg("")).await {
+    match greeter.hello(String::new(), None).await {
         Err(CallError::Remote(e)) => println!("remote error: {} ({})", e, e.exc_path),
         other => println!("unexpected: {other:?}"),
     }
+    // Untyped calls, for services known only at run time.
     match proxy.call("no_such_service", "x", Args::new()).await {
         Err(e @ CallError::UnknownService(_)) => println!("{e}"),
         other => println!("unexpected: {other:?}"),
     }
-    let quick = proxy.with_timeout(Duration::from_millis(1));
-    if let Err(e @ CallError::Timeout { .. }) =
-        quick.call("greeter", "hello", Args::new().arg("x")).await
-    {
+    let quick = GreeterClient::new(proxy.with_timeout(Duration::from_millis(1)));
+    if let Err(e @ CallError::Timeout { .. }) = quick.hello("x".into(), None).await {
         println!("{e}");
     }
 

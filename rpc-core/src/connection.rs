@@ -415,15 +415,22 @@ pub(crate) async fn close_connection(conn: &Connection, why: &str) {
     }
 }
 
-/// Closes a channel (code 200), waiting at most [`CLOSE_TIMEOUT`].
-pub(crate) async fn close_channel(channel: &Channel, why: &str) {
-    match tokio::time::timeout(CLOSE_TIMEOUT, channel.close(200, why.into())).await {
-        Ok(_) => {}
-        Err(_) => tracing::warn!(
-            timeout = ?CLOSE_TIMEOUT,
-            why,
-            "the broker did not confirm a channel's close; dropped it"
-        ),
+/// Closes channels (code 200) in order, each waiting at most
+/// [`CLOSE_TIMEOUT`]. Once one is not confirmed the broker is not
+/// answering: the rest are left to the connection's close.
+pub(crate) async fn close_channels(channels: &[&Channel], why: &str) {
+    for channel in channels {
+        if tokio::time::timeout(CLOSE_TIMEOUT, channel.close(200, why.into()))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                timeout = ?CLOSE_TIMEOUT,
+                why,
+                "the broker did not confirm a channel's close; dropped it"
+            );
+            return;
+        }
     }
 }
 

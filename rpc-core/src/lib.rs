@@ -4,17 +4,62 @@
 //! Python `nameko shell` or `ClusterRpcProxy` can call them, and they can call
 //! Python nameko services, during a move from one to the other.
 //!
+//! # A service, a typed client, a test without a broker
+//! ```no_run
+//! use rpc_core::testing::LocalService;
+//! use rpc_core::{Args, Config, Context, RpcError, RpcProxy};
+//!
+//! pub struct Greeter;
+//!
+//! #[rpc_core::service(name = "greeter")]
+//! impl Greeter {
+//!     /// Python: hello(name, punctuation="!")
+//!     #[rpc]
+//!     async fn hello(&self, name: String, #[default("!")] punctuation: String) -> Result<String, RpcError> {
+//!         Ok(format!("Hello, {name}{punctuation}"))
+//!     }
+//!
+//!     /// The context is not an argument; `Option` parameters default to None.
+//!     #[rpc]
+//!     async fn whoami(&self, ctx: &Context, shout: Option<bool>) -> Result<Option<String>, RpcError> {
+//!         Ok(ctx.get("user_id").map(|u| u.to_string()))
+//!     }
+//! }
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! // In a test: the wire's binding and errors, no broker.
+//! let local = LocalService::new(Greeter.into_service());
+//! assert_eq!(local.call("hello", Args::new().arg("Ada")).await?, "Hello, Ada!");
+//!
+//! // For real: run it, and call it through its typed client.
+//! let config = Config::new("amqp://guest:guest@localhost:5672/%2f")?;
+//! let mut running = Greeter.into_service().spawn(config.clone());
+//! running.ready().await?;
+//! let greeter = GreeterClient::new(RpcProxy::connect(config).await?);
+//! assert_eq!(greeter.hello("Ada".into(), Some("?".into())).await?, "Hello, Ada?");
+//! running.shutdown().await?;
+//! # Ok(()) }
+//! ```
+//!
 //! # Modules
+//! * [`macro@service`] and [`macro@client`]: services as plain Rust types,
+//!   and typed clients; they expand to [`ServiceBuilder`] calls.
+//! * [`caller`]: the [`Caller`] typed clients call through.
+//! * [`testing`]: [`LocalService`](testing::LocalService), a service's
+//!   entrypoints in process, with stubs for its calls and records of its
+//!   events.
 //! * [`wire`]: the nameko message format and nothing else: names, bodies,
 //!   headers, error objects. Pure functions, golden-tested against captures.
-//! * [`connection`]: AMQP URIs (kombu's rules) and connecting with backoff.
-//! * [`config`]: settings with nameko's defaults.
+//! * [`connection`]: AMQP URIs (kombu's rules), connecting with backoff,
+//!   and the bounds on every exchange with the broker.
+//! * [`config`]: settings with nameko's defaults. [`config_file`]: nameko's
+//!   YAML config files.
 //! * [`server`]: running a [`Service`]: declare, consume, bound concurrency,
-//!   reply → confirm → ack, graceful stop, reconnect.
-//! * [`method`]: typed methods: Python-style binding of `args`/`kwargs` to
-//!   named parameters, then serde per parameter.
-//! * [`proxy`]: the client, [`RpcProxy`]: many calls in flight on one reply
-//!   queue, timeouts, `call_async`, UnknownService detection.
+//!   reply → confirm → ack, a stop that always ends, reconnect.
+//! * [`method`]: Python-style binding of `args`/`kwargs` to named
+//!   parameters, then serde per parameter ([`Signature`], the one binder).
+//! * [`proxy`]: the untyped client, [`RpcProxy`]: many calls in flight on
+//!   one reply queue, timeouts, `call_async`, UnknownService detection.
 //! * [`context`]: the call-id stack and context data of a call, and calls to
 //!   other services that carry them.
 //! * [`timer`]: timer entrypoints with nameko's schedule.
@@ -23,36 +68,10 @@
 //! * [`error`]: errors at each boundary; remote errors keep nameko's
 //!   `exc_type`, `exc_path`, `exc_args` and `value`.
 //! * [`shutdown`]: stopping on SIGINT / SIGTERM.
-//!
-//! # A service and a call
-//! ```no_run
-//! use rpc_core::{Args, Config, Context, RpcError, RpcProxy, Service, Signature};
-//!
-//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! let config = Config::new("amqp://guest:guest@localhost:5672/%2f")?;
-//! let mut running = Service::builder("greeter")
-//!     .method(
-//!         "hello",
-//!         Signature::new().param("name").optional("punctuation", "!"),
-//!         |_ctx: Context, (name, punctuation): (String, String)| async move {
-//!             Ok::<_, RpcError>(format!("Hello, {name}{punctuation}"))
-//!         },
-//!     )
-//!     .build()
-//!     .spawn(config.clone());
-//! running.ready().await?;
-//!
-//! let proxy = RpcProxy::connect(config).await?;
-//! let text = proxy.call("greeter", "hello", Args::new().arg("Ada")).await?;
-//! assert_eq!(text, "Hello, Ada!");
-//! proxy.close().await;
-//! running.shutdown().await?;
-//! # Ok(()) }
-//! ```
 
 #![warn(missing_docs)]
 
-pub mod client;
+pub mod caller;
 pub mod config;
 pub mod config_file;
 pub mod connection;
@@ -69,7 +88,7 @@ pub mod testing;
 pub mod timer;
 pub mod wire;
 
-pub use client::{CallArgs, Caller};
+pub use caller::{CallArgs, Caller};
 pub use config::{Config, RetryPolicy};
 pub use connection::AmqpUri;
 pub use context::{Context, ContextProxy};

@@ -412,7 +412,7 @@ impl Supervisor {
         if let Some(r) = &self.replies {
             r.sink.lost("the proxy was closed");
         }
-        if let Some((channel, consumer)) = setup.consume {
+        let reply_channel = if let Some((channel, consumer)) = setup.consume {
             if let Some(r) = &self.replies {
                 // The reply queue is ours alone (its name holds a fresh
                 // uuid), so it is deleted rather than left to expire.
@@ -431,8 +431,15 @@ impl Supervisor {
                 }
             }
             drop(consumer);
-        }
-        // Closing the connection closes its channels.
+            Some(channel)
+        } else {
+            None
+        };
+        let mut channels: Vec<&Channel> = reply_channel.iter().collect();
+        channels.push(&setup.session.channel);
+        // Each channel closes before the connection, so that lapin does not
+        // find them open (and log an error) once it is gone.
+        connection::close_channels(&channels, "closed").await;
         connection::close_connection(&conn, "closed").await;
     }
 }

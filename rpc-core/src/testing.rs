@@ -261,7 +261,7 @@ impl LocalService {
     }
 }
 
-impl crate::client::Caller for LocalService {
+impl crate::caller::Caller for LocalService {
     async fn call_async(
         &self,
         service: &str,

@@ -250,7 +250,7 @@ impl Service {
         // is still unacknowledged then returns to its queue.
         let close_broker = async {
             if let Some(open) = stopped.open {
-                connection::close_channel(&open.consume, "stopped").await;
+                connection::close_channels(&[&open.consume, &open.publish], "stopped").await;
                 connection::close_connection(&open.conn, "stopped").await;
             }
         };

@@ -67,6 +67,7 @@ impl Stopped {
 /// have replied and acked on it.
 pub(super) struct Open {
     pub(super) consume: Channel,
+    pub(super) publish: Channel,
     pub(super) conn: Connection,
 }
 
@@ -124,7 +125,11 @@ pub(super) struct Handoff {
 }
 
 enum SessionEnd {
-    Stopped { consume: Channel, deadline: Instant },
+    Stopped {
+        consume: Channel,
+        publish: Channel,
+        deadline: Instant,
+    },
     Lost(String),
 }
 
@@ -190,9 +195,17 @@ impl Consumption<'_> {
             );
             let gone = session.handoff.gone.clone();
             match self.consume(session).await {
-                SessionEnd::Stopped { consume, deadline } => {
+                SessionEnd::Stopped {
+                    consume,
+                    publish,
+                    deadline,
+                } => {
                     return Ok(Stopped {
-                        open: Some(Open { consume, conn }),
+                        open: Some(Open {
+                            consume,
+                            publish,
+                            conn,
+                        }),
                         deadline,
                     })
                 }
@@ -365,6 +378,7 @@ impl Consumption<'_> {
         }
         SessionEnd::Stopped {
             consume: session.consume,
+            publish: session.handoff.replies.channel.clone(),
             deadline,
         }
     }

@@ -125,11 +125,9 @@ pub(super) struct Handoff {
 }
 
 enum SessionEnd {
-    Stopped {
-        consume: Channel,
-        publish: Channel,
-        deadline: Instant,
-    },
+    /// The channels to close once the calls are done (boxed: lapin's
+    /// channels are large, and a session ends once).
+    Stopped(Box<(Channel, Channel)>, Instant),
     Lost(String),
 }
 
@@ -195,11 +193,8 @@ impl Consumption<'_> {
             );
             let gone = session.handoff.gone.clone();
             match self.consume(session).await {
-                SessionEnd::Stopped {
-                    consume,
-                    publish,
-                    deadline,
-                } => {
+                SessionEnd::Stopped(channels, deadline) => {
+                    let (consume, publish) = *channels;
                     return Ok(Stopped {
                         open: Some(Open {
                             consume,
@@ -207,7 +202,7 @@ impl Consumption<'_> {
                             conn,
                         }),
                         deadline,
-                    })
+                    });
                 }
                 SessionEnd::Lost(reason) => {
                     gone.cancel();
@@ -376,11 +371,10 @@ impl Consumption<'_> {
                  unhandled deliveries return to the queue when the channel closes"
             );
         }
-        SessionEnd::Stopped {
-            consume: session.consume,
-            publish: session.handoff.replies.channel.clone(),
+        SessionEnd::Stopped(
+            Box::new((session.consume, session.handoff.replies.channel.clone())),
             deadline,
-        }
+        )
     }
 
     /// No new deliveries, but the ones already received are handled.

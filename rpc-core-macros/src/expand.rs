@@ -153,13 +153,14 @@ fn registration(e: &Entrypoint) -> TokenStream {
                 )
             }
         }
-        Kind::Timer { interval, eager } => {
+        Kind::Timer { eager, .. } => {
             let name = method.to_string();
             let eager = eager.then(|| quote!(.eager()));
+            let interval = interval_ident(e);
             quote! {
                 .#timer_fn(
                     #name,
-                    ::rpc_core::Timer::every(::std::time::Duration::from_secs_f64((#interval) as f64)) #eager,
+                    ::rpc_core::Timer::every(#interval) #eager,
                     {
                         #share
                         move |#ctx: ::rpc_core::Context| {
@@ -239,10 +240,25 @@ fn assertions(entrypoints: &[Entrypoint]) -> TokenStream {
     }
 }
 
+/// The local holding a timer's interval, worked out before `self` is
+/// shared (so the expression may read the value: `interval = self.every`).
+fn interval_ident(e: &Entrypoint) -> Ident {
+    format_ident!("__rpc_interval_{}", e.sig.ident)
+}
+
 /// The builder method both forms share.
 fn builder_fns(args: &ServiceArgs, entrypoints: &[Entrypoint], in_trait: bool) -> TokenStream {
     let name = &args.name;
     let registrations = entrypoints.iter().map(registration);
+    let intervals = entrypoints.iter().filter_map(|e| match &e.kind {
+        Kind::Timer { interval, .. } => {
+            let ident = interval_ident(e);
+            Some(quote_spanned! {interval.span()=>
+                let #ident = ::rpc_core::__private::interval(#interval);
+            })
+        }
+        _ => None,
+    });
     let on_invalid = args
         .on_invalid_argument
         .as_ref()
@@ -264,6 +280,7 @@ fn builder_fns(args: &ServiceArgs, entrypoints: &[Entrypoint], in_trait: bool) -
         /// configured name, say), for further settings (observers,
         /// argument errors) before `build()`.
         #vis fn into_service_builder(self, name: &str) -> ::rpc_core::ServiceBuilder #sized {
+            #(#intervals)*
             let __rpc_this = ::std::sync::Arc::new(self);
             ::rpc_core::Service::builder(name)
                 #on_invalid

@@ -21,3 +21,34 @@ pub fn assert_display<E: std::fmt::Display>() {}
 /// `()`, the only success a timer or event handler has.
 pub trait IsUnit {}
 impl IsUnit for () {}
+
+/// A timer's interval: seconds (an integer or a float) or a `Duration`.
+pub fn interval(every: impl IntoInterval) -> std::time::Duration {
+    every.into_interval()
+}
+
+/// What `#[timer(interval = ...)]` accepts.
+pub trait IntoInterval {
+    /// The interval as a duration.
+    fn into_interval(self) -> std::time::Duration;
+}
+
+impl IntoInterval for std::time::Duration {
+    fn into_interval(self) -> std::time::Duration {
+        self
+    }
+}
+
+macro_rules! seconds {
+    ($($t:ty),*) => {$(
+        impl IntoInterval for $t {
+            fn into_interval(self) -> std::time::Duration {
+                let seconds = self as f64;
+                std::time::Duration::try_from_secs_f64(seconds).unwrap_or_else(|_| {
+                    panic!("a timer interval is a positive number of seconds, not {seconds}")
+                })
+            }
+        }
+    )*};
+}
+seconds!(i32, i64, u32, u64, usize, f32, f64);

@@ -34,7 +34,7 @@ use crate::events::{self, EventBoard};
 use crate::scenario::{self, EventChecks, Report};
 use rpc_core::{
     json, Config, Context, EventHandlerOptions, RpcError, Service, ServiceError, ServiceHandle,
-    ServiceStatus, Signature, Timer, Value,
+    ServiceStatus, Value,
 };
 use std::convert::Infallible;
 use std::process::ExitCode;
@@ -154,69 +154,81 @@ impl Stats {
     }
 }
 
-/// The service: a `run_round` timer (eager, so the first round runs at
-/// start rather than one interval later), a `stats()` method, and the
-/// event handlers; see [`spawn`].
-///
-/// The interval is clamped to 1 ms ..= one year: [`Timer::every`] panics on
-/// zero and the timer's deadlines overflow on huge ones (the command line
-/// refuses both already).
-fn build(settings: &Settings, stats: Arc<Stats>, subscribed: watch::Receiver<bool>) -> Service {
-    let target: Arc<str> = Arc::from(settings.target.as_str());
-    let timeout = settings.timeout;
-    let event_timeout = settings.event_timeout;
-    let interval = settings
-        .interval
-        .clamp(Duration::from_millis(1), crate::cli::MAX_DURATION);
-    let board = EventBoard::new();
-    let round_board = board.clone();
-    let round_stats = Arc::clone(&stats);
-    let builder = Service::builder(&settings.name)
-        .timer(
-            "run_round",
-            Timer::every(interval).eager(),
-            move |ctx: Context| {
-                let stats = Arc::clone(&round_stats);
-                let target = Arc::clone(&target);
-                let board = round_board.clone();
-                let mut subscribed = subscribed.clone();
-                async move {
-                    let caller = ctx.rpc().with_timeout(timeout);
-                    let checks = match event_timeout {
-                        None => EventChecks::Off,
-                        Some(event_timeout) => {
-                            // Immediate after the first round; bounded so a
-                            // round still runs (and logs) without a broker.
-                            let ready =
-                                tokio::time::timeout(timeout, subscribed.wait_for(|ready| *ready))
-                                    .await;
-                            match ready {
-                                Ok(Ok(_)) => EventChecks::On {
-                                    board: &board,
-                                    round_call_id: ctx.call_id(),
-                                    timeout: event_timeout,
-                                },
-                                _ => EventChecks::Unavailable(format!(
-                                    "the event handlers were not consuming within {:.1} s",
-                                    timeout.as_secs_f64()
-                                )),
-                            }
-                        }
-                    };
-                    let report = scenario::run_round_with(&caller, &target, checks).await;
-                    let totals = stats.record(&report);
-                    log_round(&target, totals, &report);
-                    // Failures are in the log line above; an Err here would add
-                    // a second line per round.
-                    Ok::<(), Infallible>(())
+/// The checker: a `run_round` timer (eager, so the first round runs at
+/// start rather than one interval later), a `stats()` method, and (added
+/// to its builder by [`build`], as their names depend on the target) the
+/// event handlers.
+struct Checker {
+    target: String,
+    timeout: Duration,
+    event_timeout: Option<Duration>,
+    /// Clamped to 1 ms ..= one year: [`Timer::every`](rpc_core::Timer::every)
+    /// panics on zero and the timer's deadlines overflow on huge ones (the
+    /// command line refuses both already).
+    interval: Duration,
+    stats: Arc<Stats>,
+    board: EventBoard,
+    subscribed: watch::Receiver<bool>,
+}
+
+#[rpc_core::service(name = "test_service", no_client)]
+impl Checker {
+    /// One round against the target, through the tick's context.
+    #[timer(interval = self.interval, eager = true)]
+    async fn run_round(&self, ctx: &Context) -> Result<(), Infallible> {
+        let caller = ctx.rpc().with_timeout(self.timeout);
+        let checks = match self.event_timeout {
+            None => EventChecks::Off,
+            Some(event_timeout) => {
+                // Immediate after the first round; bounded so a round still
+                // runs (and logs) without a broker.
+                let mut subscribed = self.subscribed.clone();
+                let ready =
+                    tokio::time::timeout(self.timeout, subscribed.wait_for(|ready| *ready)).await;
+                match ready {
+                    Ok(Ok(_)) => EventChecks::On {
+                        board: &self.board,
+                        round_call_id: ctx.call_id(),
+                        timeout: event_timeout,
+                    },
+                    _ => EventChecks::Unavailable(format!(
+                        "the event handlers were not consuming within {:.1} s",
+                        self.timeout.as_secs_f64()
+                    )),
                 }
-            },
-        )
-        .method("stats", Signature::new(), move |_ctx: Context, (): ()| {
-            let stats = Arc::clone(&stats);
-            async move { Ok::<_, RpcError>(stats.to_json()) }
-        });
-    let builder = match event_timeout {
+            }
+        };
+        let report = scenario::run_round_with(&caller, &self.target, checks).await;
+        let totals = self.stats.record(&report);
+        log_round(&self.target, totals, &report);
+        // Failures are in the log line above; an Err here would add a second
+        // line per round.
+        Ok(())
+    }
+
+    /// The totals and the last report.
+    #[rpc]
+    async fn stats(&self) -> Result<Value, RpcError> {
+        Ok(self.stats.to_json())
+    }
+}
+
+/// The service; see [`Checker`].
+fn build(settings: &Settings, stats: Arc<Stats>, subscribed: watch::Receiver<bool>) -> Service {
+    let board = EventBoard::new();
+    let checker = Checker {
+        target: settings.target.clone(),
+        timeout: settings.timeout,
+        event_timeout: settings.event_timeout,
+        interval: settings
+            .interval
+            .clamp(Duration::from_millis(1), crate::cli::MAX_DURATION),
+        stats,
+        board: board.clone(),
+        subscribed,
+    };
+    let builder = checker.into_service_builder(&settings.name);
+    let builder = match settings.event_timeout {
         // Reliable (the default): see the module docs.
         Some(_) => events::subscribe(
             builder,

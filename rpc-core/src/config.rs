@@ -121,7 +121,9 @@ pub fn seconds(text: &str) -> Result<Duration, String> {
 pub fn positive_seconds(text: &str) -> Result<Duration, String> {
     let d = seconds(text)?;
     if d.is_zero() {
-        Err(format!("`{text}` is not a positive number of seconds (it must be more than zero)"))
+        Err(format!(
+            "`{text}` is not a positive number of seconds (it must be more than zero)"
+        ))
     } else {
         Ok(d)
     }

@@ -81,10 +81,7 @@ async fn drain(
     stop: &CancellationToken,
 ) -> Result<(), String> {
     loop {
-        let claim = store
-            .claim_outbox(BATCH)
-            .await
-            .map_err(|e| e.to_string())?;
+        let claim = store.claim_outbox(BATCH).await.map_err(|e| e.to_string())?;
         if claim.is_empty() {
             return Ok(());
         }

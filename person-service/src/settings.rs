@@ -6,10 +6,10 @@
 //! works as is, and may also carry this service's own keys, named like the
 //! environment variables ([`FILE_KEYS`]).
 
+use crate::store::{Database, StoreOptions, DEFAULT_POOL_SIZE};
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
 use rpc_core::config_file::{ConfigFileError, FileConfig};
-use crate::store::{Database, StoreOptions, DEFAULT_POOL_SIZE};
 use std::ffi::OsString;
 use std::path::PathBuf;
 
@@ -153,7 +153,9 @@ pub struct Settings {
 fn parse_pool_size(text: &str) -> Result<usize, String> {
     match text.trim().parse::<usize>() {
         Ok(n) if n > 0 => Ok(n),
-        _ => Err(format!("`{text}` is not a number of connections (1 or more)")),
+        _ => Err(format!(
+            "`{text}` is not a number of connections (1 or more)"
+        )),
     }
 }
 

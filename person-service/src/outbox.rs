@@ -88,13 +88,17 @@ async fn drain(
         let d = match dispatcher {
             Some(d) => d.clone(),
             None => {
+                // Not while holding the claim: on PostgreSQL it is an open
+                // transaction with row locks, and connecting may wait out
+                // a broker outage.
+                claim.finish(0).await.map_err(|e| e.to_string())?;
                 let connect = EventDispatcher::connect(config.clone());
                 let d = tokio::select! {
                     _ = stop.cancelled() => return Err("stopping".into()),
                     d = connect => d.map_err(|e| e.to_string())?,
                 };
-                *dispatcher = Some(d.clone());
-                d
+                *dispatcher = Some(d);
+                continue;
             }
         };
         let events: Vec<OutgoingEvent> = claim

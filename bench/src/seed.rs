@@ -157,7 +157,7 @@ pub async fn pg_create_db(server: &str, target: &str, rows: u64) -> Result<PgDb,
              SELECT (ARRAY['Ada','Alan','Grace','Edsger','Barbara','Donald'])[i % 6 + 1],
                     (ARRAY['Lovelace','Turing','Hopper','Dijkstra','Liskov','Knuth'])[(i / 6) % 6 + 1],
                     i % 100, i % 3 = 0
-             FROM generate_series(0, $1 - 1) AS i",
+             FROM generate_series(0, $1::bigint - 1) AS i",
             &[&rows],
         )
         .await

@@ -408,3 +408,34 @@ async fn postgres_relays_share_the_outbox_and_miss_no_late_commit() {
     drop(client);
     let _ = task.await;
 }
+
+/// PostgreSQL only (SQLite's is in `sqlite.rs`): a database migrated by a
+/// newer build is refused, naming it without its password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_refuses_a_newer_schema() {
+    let db = TestDb::create().await;
+    let (client, conn) = tokio_postgres::connect(&db.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let task = tokio::spawn(conn);
+    client
+        .batch_execute(
+            "CREATE TABLE schema_version (singleton BOOLEAN PRIMARY KEY DEFAULT TRUE, version INTEGER NOT NULL);
+             INSERT INTO schema_version VALUES (TRUE, 99);",
+        )
+        .await
+        .unwrap();
+    drop(client);
+    let _ = task.await;
+    match Store::connect(&Database::parse(&db.url()), StoreOptions::default()).await {
+        Err(StoreError::TooNew {
+            found: 99,
+            db: shown,
+            ..
+        }) => {
+            assert!(shown.ends_with(db.name()), "{shown}")
+        }
+        Err(e) => panic!("expected TooNew, got {e}"),
+        Ok(_) => panic!("a newer schema was accepted"),
+    }
+}

@@ -284,6 +284,19 @@ async fn a_postgres_restart_fails_calls_meanwhile_and_the_service_recovers() {
         Err(CallError::Remote(e)) => assert_eq!(e.exc_type, "StorageError", "{e:?}"),
         other => panic!("expected StorageError, got {other:?}"),
     }
+    // Over HTTP too: the storage error (500, code storage_error), at once.
+    // (Sent with a bare client: the test helper treats any 500 as a bug.)
+    let addr = app.http_addr().expect("HTTP on");
+    let reply = reqwest::Client::new()
+        .post(format!("http://{addr}/person"))
+        .json(&serde_json::json!({"first_name": "Http", "last_name": "During", "age": 1}))
+        .send()
+        .within(Duration::from_secs(20), "an HTTP create during the outage")
+        .await
+        .expect("an HTTP answer");
+    assert_eq!(reply.status().as_u16(), 500);
+    let body: Value = reply.json().await.expect("a JSON error");
+    assert_eq!(body["error"]["code"], "storage_error", "{body}");
     let health = http.get("/healthz").await;
     assert_eq!(health.status, 503, "{}", health.text);
     let reason = health.body["reason"]

@@ -32,6 +32,7 @@ impl EventCall {
             MessageFacts {
                 correlation_id: None,
                 redelivered: delivery.redelivered,
+                worker: None,
             },
         );
         // Debug level for the same reason as an RPC call's span; the lines

@@ -438,6 +438,7 @@ impl Consumption<'_> {
                     def: Arc::clone(self.def),
                     runtime: Arc::clone(self.runtime),
                     handoff: handoff.clone(),
+                    workers: Arc::clone(&self.workers),
                 };
                 self.tracker.spawn(call.handle(delivery, permit));
             }

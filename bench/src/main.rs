@@ -11,6 +11,7 @@
 //! reported per phase too. Load goes to a broker on the loopback only,
 //! bounded in time and count.
 
+mod chart;
 mod echo;
 mod host;
 mod load;
@@ -212,6 +213,18 @@ struct RunArgs {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// girolle 2.0.0 side by side (its service, and its client calling
+    /// person-service and the echo) [default: auto; --quick off]. Needs
+    /// `bench/girolle-person` built (see BENCHMARKS.md).
+    #[arg(long, value_enum)]
+    girolle: Option<NamekoArg>,
+    /// Where girolle-person and girolle-load are [default:
+    /// target/girolle/release, else beside this binary].
+    #[arg(long)]
+    girolle_dir: Option<PathBuf>,
+    /// Also draw calls/s and p99 against callers to this SVG file.
+    #[arg(long)]
+    chart: Option<PathBuf>,
 }
 
 /// The options in force, defaults resolved.
@@ -242,6 +255,8 @@ struct Plan {
     store: String,
     #[serde(skip)]
     pg_url: Option<String>,
+    girolle: NamekoArg,
+    girolle_dir: Option<PathBuf>,
     #[serde(skip)]
     amqp_uri: String,
     #[serde(skip)]
@@ -374,6 +389,13 @@ fn plan(args: &RunArgs) -> Result<Plan, String> {
             },
         ),
         pg_url: args.pg_url.clone(),
+        girolle: args
+            .girolle
+            .unwrap_or(if q { NamekoArg::Off } else { NamekoArg::Auto }),
+        girolle_dir: args
+            .girolle_dir
+            .clone()
+            .or_else(targets::default_girolle_dir),
         amqp_uri: args.amqp_uri.clone(),
         host,
     })
@@ -453,6 +475,9 @@ enum Server {
     Nameko {
         rows: u64,
     },
+    Girolle {
+        rows: u64,
+    },
 }
 
 impl Server {
@@ -461,6 +486,7 @@ impl Server {
             Server::Echo { .. } => "echo",
             Server::Person { .. } => "person",
             Server::Nameko { .. } => "nameko",
+            Server::Girolle { .. } => "girolle",
         }
     }
 
@@ -470,6 +496,7 @@ impl Server {
             Server::Echo { .. } => Target::Echo,
             Server::Person { .. } => Target::PersonService,
             Server::Nameko { .. } => Target::Nameko,
+            Server::Girolle { .. } => Target::Girolle,
         }
     }
 
@@ -478,14 +505,16 @@ impl Server {
     fn persistent(&self) -> bool {
         match self {
             Server::Echo { persistent, .. } | Server::Person { persistent, .. } => *persistent,
-            Server::Nameko { .. } => true,
+            Server::Nameko { .. } | Server::Girolle { .. } => true,
         }
     }
 
     fn rows(&self) -> u64 {
         match self {
             Server::Echo { .. } => 1,
-            Server::Person { rows, .. } | Server::Nameko { rows } => *rows,
+            Server::Person { rows, .. } | Server::Nameko { rows } | Server::Girolle { rows } => {
+                *rows
+            }
         }
     }
 }
@@ -637,6 +666,16 @@ impl Bench<'_> {
             Server::Nameko { .. } => targets::nameko_person(
                 &plan.nameko_venv,
                 self.dir.path(),
+                &plan.amqp_uri,
+                &db,
+                name,
+                plan.max_workers,
+                log,
+            )?,
+            Server::Girolle { .. } => targets::girolle_person(
+                plan.girolle_dir
+                    .as_deref()
+                    .ok_or("girolle-person is not built")?,
                 &plan.amqp_uri,
                 &db,
                 name,
@@ -901,6 +940,9 @@ async fn run(plan: &Plan) -> Result<(Results, Machine), String> {
             Err(e) => nameko_not_measured(plan, &mut results, e)?,
         }
     }
+    if plan.girolle != NamekoArg::Off {
+        girolle_side(&bench, &mut results, &phases).await?;
+    }
     if !plan.list_rows.is_empty() {
         eprintln!(
             "== list(limit=100) on tables of {:?} rows ==",
@@ -1015,6 +1057,253 @@ async fn run(plan: &Plan) -> Result<(Results, Machine), String> {
     Ok((results, machine))
 }
 
+/// girolle 2.0.0 side by side: its person service under our client, then
+/// its client calling the echo and person-service. Without its binaries:
+/// an error with `--girolle require`, else a note.
+async fn girolle_side(
+    bench: &Bench<'_>,
+    results: &mut Results,
+    phases: &[(Workload, usize)],
+) -> Result<(), String> {
+    let plan = bench.plan;
+    let Some(dir) = plan.girolle_dir.as_deref() else {
+        let why = "bench/girolle-person is not built (cargo build --release --manifest-path bench/girolle-person/Cargo.toml --target-dir target/girolle)";
+        if plan.girolle == NamekoArg::Require {
+            return Err(format!("girolle: {why}"));
+        }
+        eprintln!("girolle: not measured: {why}");
+        results.notes.push(format!("girolle not measured: {why}"));
+        return Ok(());
+    };
+    eprintln!("== girolle 2.0.0 service (its own settings: prefetch 10, acks before the reply is confirmed) ==");
+    let server = Server::Girolle {
+        rows: plan.seed_rows,
+    };
+    let served = bench.measure("girolle 2.0.0", &server, phases).await?;
+    push_rows(results, Mode::Persistent, served);
+    eprintln!("== girolle 2.0.0 client (one RpcClient per caller; transient requests) ==");
+    let echo = Server::Echo {
+        persistent: false,
+        confirms: true,
+        prefetch: plan.prefetch,
+        frame_max: None,
+    };
+    let person = Server::Person {
+        persistent: false,
+        max_workers: plan.max_workers,
+        prefetch: plan.prefetch,
+        rows: plan.seed_rows,
+        frame_max: None,
+    };
+    for (label, server) in [("echo ceiling", echo), ("person-service", person)] {
+        let name = format!(
+            "bench-gclient-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let outcome = girolle_client(bench, dir, &name, label, &server, phases).await;
+        targets::delete_service_entities(&plan.amqp_uri, &name).await;
+        let (phases, note) = outcome?;
+        for (workload, callers, measured) in phases {
+            results.girolle_client.push(SweepRow {
+                variant: label.to_owned(),
+                target: server.target(),
+                workload,
+                callers,
+                measured,
+            });
+        }
+        results.notes.extend(note);
+    }
+    Ok(())
+}
+
+/// Runs `phases` of girolle's client (`girolle-load`, one process per
+/// phase) against `server` started as service `name`. The service's CPU
+/// and RSS are read over the window girolle-load announces.
+async fn girolle_client(
+    bench: &Bench<'_>,
+    dir: &Path,
+    name: &str,
+    label: &str,
+    server: &Server,
+    phases: &[(Workload, usize)],
+) -> Result<(Vec<(Workload, usize, Measured)>, Option<String>), String> {
+    use tokio::io::AsyncBufReadExt;
+    let plan = bench.plan;
+    let log = bench.dir.path().join(format!("{name}.log"));
+    let db = bench.dir.path().join(format!("{name}.db"));
+    let rows = server.rows();
+    let mut proc = match server {
+        Server::Echo { prefetch, .. } => {
+            targets::echo_server(&plan.amqp_uri, name, *prefetch, false, true, log)?
+        }
+        Server::Person {
+            persistent,
+            max_workers,
+            prefetch,
+            ..
+        } => {
+            let path = db.clone();
+            tokio::task::spawn_blocking(move || seed::create_db(&path, rows))
+                .await
+                .map_err(|e| e.to_string())??;
+            targets::person_service(
+                &plan.host,
+                &PersonSpec {
+                    amqp_uri: &plan.amqp_uri,
+                    db: &db.to_string_lossy(),
+                    name,
+                    max_workers: *max_workers,
+                    prefetch: *prefetch,
+                    persistent: *persistent,
+                    log_filter: &plan.service_log,
+                    env: &plan.service_env,
+                },
+                log,
+            )?
+        }
+        _ => return Err("girolle's client runs against the echo and person-service".into()),
+    };
+    // Our client only to see that the service is up.
+    let probe = match server {
+        Server::Echo { .. } => Client::Echo {
+            client: Box::new(
+                echo::EchoClient::connect(
+                    &plan.amqp_uri,
+                    echo::EchoSettings {
+                        persistent: false,
+                        confirms: true,
+                    },
+                )
+                .await?,
+            ),
+            service: name.to_owned(),
+        },
+        _ => {
+            let config = Config::new(&plan.amqp_uri).map_err(|e| e.to_string())?;
+            Client::Proxy {
+                proxy: RpcProxy::connect(config).await.map_err(|e| e.to_string())?,
+                service: name.to_owned(),
+            }
+        }
+    };
+    let ready = probe
+        .wait_ready(Duration::from_secs(60), || proc.check_running())
+        .await;
+    match probe {
+        Client::Proxy { proxy, .. } => proxy.close().await,
+        Client::Echo { client, .. } => client.close().await,
+    }
+    ready.map_err(|e| {
+        format!(
+            "{label}: {e}
+{}",
+            proc.log_tail(20)
+        )
+    })?;
+    let pid = proc.pid();
+    let mut out = Vec::new();
+    let mut creates = 0;
+    for &(workload, callers) in phases {
+        let mut child = tokio::process::Command::new(dir.join("girolle-load"))
+            .args([
+                plan.amqp_uri.as_str(),
+                name,
+                workload.method(),
+                &callers.to_string(),
+                &plan.warmup_s.to_string(),
+                &plan.window_s.to_string(),
+                &plan.max_calls.to_string(),
+                &rows.to_string(),
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("girolle-load: {e}"))?;
+        let stdout = child.stdout.take().ok_or("girolle-load: no stdout")?;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let mut meter = None;
+        let mut cost = None;
+        let mut report = None;
+        let bound = Duration::from_secs_f64(plan.warmup_s + plan.window_s + 120.0);
+        let read = tokio::time::timeout(bound, async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                match line.trim() {
+                    "window" => meter = Some(Meter::start(pid, bench.broker)),
+                    "window-end" => {
+                        if let Some(m) = meter.take() {
+                            cost = Some(m.finish().await);
+                        }
+                    }
+                    json if json.starts_with('{') => {
+                        report = serde_json::from_str::<serde_json::Value>(json).ok()
+                    }
+                    _ => {}
+                }
+            }
+        })
+        .await;
+        let _ = child.wait().await;
+        if read.is_err() {
+            return Err(format!("girolle-load did not finish within {bound:?}"));
+        }
+        let r = report.ok_or("girolle-load printed no figures")?;
+        let num = |k: &str| r.get(k).and_then(serde_json::Value::as_f64).unwrap_or(0.0);
+        let calls = num("calls") as u64;
+        let elapsed = num("elapsed_s");
+        let m = Measured {
+            calls,
+            errors: num("errors") as u64,
+            warmup_calls: num("warmup_calls") as u64,
+            elapsed_s: elapsed,
+            calls_per_s: if elapsed > 0.0 {
+                calls as f64 / elapsed
+            } else {
+                0.0
+            },
+            latency: stats::Latency {
+                p50_ms: num("p50_ms"),
+                p99_ms: num("p99_ms"),
+                mean_ms: 0.0,
+                max_ms: 0.0,
+            },
+            cost: cost.unwrap_or_default(),
+            first_error: r
+                .get("first_error")
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned),
+        };
+        eprintln!(
+            "  girolle client -> {label:<24} {:<6} x{callers:<3} {:>8.0} calls/s  p50 {:>7.3} ms  p99 {:>7.3} ms  errors {}",
+            workload.method(),
+            m.calls_per_s,
+            m.latency.p50_ms,
+            m.latency.p99_ms,
+            m.errors
+        );
+        if workload == Workload::Create {
+            creates += m.calls + m.warmup_calls;
+        }
+        out.push((workload, callers, m));
+        proc.check_running()?;
+    }
+    tokio::task::block_in_place(|| proc.stop());
+    let note = if matches!(server, Server::Person { .. }) && creates > 0 {
+        let path = db.clone();
+        let found = tokio::task::spawn_blocking(move || seed::count(&path))
+            .await
+            .map_err(|e| e.to_string())??;
+        Some(format!(
+            "girolle client -> person-service: {found} rows after stop, {rows} seeded + {creates} acknowledged creates: {}",
+            if found >= rows + creates { "all there" } else { "MISSING ROWS" }
+        ))
+    } else {
+        None
+    };
+    Ok((out, note))
+}
+
 /// nameko could not run: an error with `--nameko require`, else a note.
 fn nameko_not_measured(plan: &Plan, results: &mut Results, e: String) -> Result<(), String> {
     if plan.nameko == NamekoArg::Require {
@@ -1072,6 +1361,12 @@ fn print_report(plan: &Plan, machine: &Machine, results: &Results) {
         println!("## list(limit=100, after_id=X), X uniform over the table, persistent");
         println!();
         print!("{}", report::list_table(results));
+    }
+    if !results.girolle_client.is_empty() {
+        println!();
+        println!("## girolle 2.0.0's client (transient requests, one RpcClient per caller)");
+        println!();
+        print!("{}", report::girolle_client_table(results));
     }
     if !results.sweep.is_empty() {
         println!();
@@ -1158,6 +1453,16 @@ fn main() -> ExitCode {
             let outcome = plan(&cli.run).and_then(|plan| {
                 let (results, machine) = runtime()?.block_on(run(&plan))?;
                 print_report(&plan, &machine, &results);
+                if let Some(path) = &cli.run.chart {
+                    let title = format!(
+                        "person-service bench, {} (persistent; {} CPUs, load {} at start)",
+                        machine.date,
+                        machine.nproc,
+                        report::fmt_opt(machine.load_average_at_start, 1)
+                    );
+                    chart::write(&results, path, &title)?;
+                    eprintln!("chart written to {}", path.display());
+                }
                 if let Some(path) = &cli.run.json {
                     write_json(path, &plan, &machine, &results)?;
                     eprintln!("results written to {}", path.display());

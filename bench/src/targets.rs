@@ -134,7 +134,7 @@ pub fn echo_server(
     confirms: bool,
     log: PathBuf,
 ) -> Result<Proc, String> {
-    let mut cmd = Command::new(own_exe()?);
+    let mut cmd = server_command(own_exe()?);
     cmd.args(["echo-server", "--amqp-uri", amqp_uri, "--name", name])
         .args(["--prefetch", &prefetch.to_string()]);
     if !persistent {
@@ -211,7 +211,7 @@ pub fn person_service(
         PersonHost::Binary(path) => {
             // Replies follow the requests' delivery mode; the binary's
             // events stay persistent in either mode.
-            let mut cmd = Command::new(path);
+            let mut cmd = server_command(path);
             cmd.args(common);
             cmd
         }
@@ -303,5 +303,54 @@ pub fn ensure_nameko_venv(venv: &Path) -> Result<(), String> {
             script.display(),
             venv.display()
         ))
+    }
+}
+
+/// Where `bench/girolle-person`'s binaries are built, as its Cargo.toml
+/// says (`--target-dir target/girolle`), or beside this binary.
+pub fn default_girolle_dir() -> Option<PathBuf> {
+    let built = workspace_root().join("target/girolle/release");
+    let beside = own_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf));
+    [Some(built), beside]
+        .into_iter()
+        .flatten()
+        .find(|d| d.join("girolle-person").is_file() && d.join("girolle-load").is_file())
+}
+
+/// Starts the girolle 2.0.0 person service (`bench/girolle-person`) on `db`
+/// as service `name`, with girolle's defaults (prefetch 10) and
+/// `max_workers` as nameko's.
+pub fn girolle_person(
+    dir: &Path,
+    amqp_uri: &str,
+    db: &Path,
+    name: &str,
+    max_workers: u16,
+    log: PathBuf,
+) -> Result<Proc, String> {
+    let mut cmd = Command::new(dir.join("girolle-person"));
+    cmd.env("AMQP_URI", amqp_uri)
+        .env("PERSON_SERVICE_NAME", name)
+        .env("PERSON_DB", db)
+        .env("GIROLLE_MAX_WORKERS", max_workers.to_string());
+    Proc::spawn("girolle-person", cmd, log)
+}
+
+/// The command that runs a measured server (echo, person-service binary):
+/// `program` itself, or under the wrapper named by `BENCH_SERVER_WRAPPER`
+/// (words split on spaces), e.g. `valgrind --tool=callgrind
+/// --callgrind-out-file=/tmp/cg.%p` to count instructions per call.
+pub fn server_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let wrapper = std::env::var("BENCH_SERVER_WRAPPER").unwrap_or_default();
+    let mut words = wrapper.split_whitespace();
+    match words.next() {
+        Some(first) => {
+            let mut cmd = Command::new(first);
+            cmd.args(words).arg(program);
+            cmd
+        }
+        None => Command::new(program),
     }
 }

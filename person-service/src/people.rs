@@ -19,6 +19,20 @@ pub enum Origin<'a> {
     Http,
 }
 
+impl Origin<'_> {
+    /// Awaits a write queued for the store's writer thread. Over RPC the
+    /// call gives its `max_workers` slot back meanwhile
+    /// ([`Context::off_worker`]): the write waits for a durable group
+    /// commit (~2 ms), not for a worker, and holding the slot would cap
+    /// the writes in one commit at `max_workers`.
+    async fn waiting<F: std::future::Future>(self, write: F) -> F::Output {
+        match self {
+            Origin::Rpc(ctx) => ctx.off_worker(write).await,
+            Origin::Http => write.await,
+        }
+    }
+}
+
 /// The person operations shared by the RPC and HTTP faces.
 #[derive(Clone, Debug)]
 pub struct People {
@@ -65,7 +79,8 @@ impl People {
         person: NewPerson,
         origin: Origin<'_>,
     ) -> Result<Person, DomainError> {
-        self.store.create(person, self.meta(origin)).await
+        let write = self.store.create(person, self.meta(origin));
+        origin.waiting(write).await
     }
 
     /// Changes the given fields.
@@ -75,12 +90,14 @@ impl People {
         changes: PersonChanges,
         origin: Origin<'_>,
     ) -> Result<Person, DomainError> {
-        self.store.update(id, changes, self.meta(origin)).await
+        let write = self.store.update(id, changes, self.meta(origin));
+        origin.waiting(write).await
     }
 
     /// Removes a person.
     pub async fn delete(&self, id: i64, origin: Origin<'_>) -> Result<(), DomainError> {
-        self.store.delete(id, self.meta(origin)).await
+        let write = self.store.delete(id, self.meta(origin));
+        origin.waiting(write).await
     }
 
     /// One person.

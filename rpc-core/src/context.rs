@@ -7,6 +7,7 @@ use crate::error::CallError;
 use crate::events::{DispatchError, OutgoingEvent};
 use crate::proxy::{Args, PendingCall, RpcProxy};
 use crate::runtime::{BrokerLinks, Outbound, OutgoingCall, ServiceRuntime};
+use crate::worker::WorkerSlot;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -31,6 +32,7 @@ struct Inner {
     data: BTreeMap<String, Value>,
     correlation_id: Option<String>,
     redelivered: bool,
+    worker: Option<Arc<WorkerSlot>>,
 }
 
 /// Facts about the message that started a call, beyond its context.
@@ -38,6 +40,8 @@ struct Inner {
 pub(crate) struct MessageFacts {
     pub(crate) correlation_id: Option<String>,
     pub(crate) redelivered: bool,
+    /// The max_workers slot the call runs under, when it has one.
+    pub(crate) worker: Option<Arc<WorkerSlot>>,
 }
 
 impl Context {
@@ -63,6 +67,7 @@ impl Context {
                 data,
                 correlation_id: facts.correlation_id,
                 redelivered: facts.redelivered,
+                worker: facts.worker,
             }),
         }
     }
@@ -116,6 +121,24 @@ impl Context {
     /// did not acknowledge it).
     pub fn redelivered(&self) -> bool {
         self.inner.redelivered
+    }
+
+    /// Awaits `wait` without holding one of the service's `max_workers`
+    /// slots, then takes one again.
+    ///
+    /// For a handler that is waiting, not working: a write queued for a
+    /// durable group commit, a lock, a slow peer. nameko counts such a wait
+    /// against `max_workers` (its greenlet is busy); here the slot goes to
+    /// another request meanwhile, so that, e.g., ten creates waiting for
+    /// their commit do not cap the service at ten writes per commit. The
+    /// request stays unacknowledged until its reply is confirmed, and the
+    /// prefetch still bounds the requests held at once. Outside a worker
+    /// (timers, the test harness) it just awaits `wait`.
+    pub async fn off_worker<F: std::future::Future>(&self, wait: F) -> F::Output {
+        match &self.inner.worker {
+            Some(slot) => slot.off(wait).await,
+            None => wait.await,
+        }
     }
 
     /// The service's settings.

@@ -87,6 +87,7 @@ pub mod shutdown;
 pub mod testing;
 pub mod timer;
 pub mod wire;
+mod worker;
 
 pub use caller::{CallArgs, Caller};
 pub use config::{Config, RetryPolicy};

@@ -183,6 +183,7 @@ impl LocalService {
             MessageFacts {
                 correlation_id,
                 redelivered: false,
+                worker: None,
             },
         )
     }

@@ -36,6 +36,7 @@
 //!   [`crate::testing`]).
 //! * `observer`: hooks on every call.
 
+mod acks;
 mod builder;
 mod event_call;
 mod handle;

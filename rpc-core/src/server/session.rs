@@ -8,6 +8,7 @@
 //! handing the deliveries already received to workers) is bounded by the
 //! stop's deadline, `shutdown_timeout` after the stop.
 
+use super::acks::{Acks, Registered};
 use super::builder::ServiceDef;
 use super::event_call::EventCall;
 use super::handle::ServiceStatus;
@@ -21,8 +22,8 @@ use crate::wire;
 use futures::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
-    ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
+    QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, Consumer};
@@ -122,6 +123,8 @@ pub(super) struct Handoff {
     /// and confirms still awaited on it will never come (see
     /// [`SETTLE_TIMEOUT`]), and the broker redelivers those messages.
     pub(super) gone: CancellationToken,
+    /// The consume channel's acks, batched (see [`super::acks`]).
+    pub(super) acks: Arc<Acks>,
 }
 
 enum SessionEnd {
@@ -318,6 +321,7 @@ impl Consumption<'_> {
                 },
                 max_request_bytes: config.max_request_bytes,
                 gone: CancellationToken::new(),
+                acks: Acks::new(),
             },
         })
     }
@@ -432,14 +436,21 @@ impl Consumption<'_> {
         handoff: &Handoff,
         permit: OwnedSemaphorePermit,
     ) {
+        // Registered here, in delivery order, so that a multiple ack never
+        // covers a delivery that is not done.
+        let registered = handoff
+            .acks
+            .register(delivery.delivery_tag, delivery.acker.clone());
         match entry {
             Entry::Rpc => {
                 let call = Call {
                     def: Arc::clone(self.def),
                     runtime: Arc::clone(self.runtime),
                     handoff: handoff.clone(),
+                    workers: Arc::clone(&self.workers),
                 };
-                self.tracker.spawn(call.handle(delivery, permit));
+                self.tracker
+                    .spawn(settled(registered, call.handle(delivery, permit)));
             }
             Entry::Event(i) => {
                 let Some(handler) = self.def.event_handlers.get(i).cloned() else {
@@ -450,10 +461,18 @@ impl Consumption<'_> {
                     runtime: Arc::clone(self.runtime),
                     handoff: handoff.clone(),
                 };
-                self.tracker.spawn(call.handle(delivery, permit));
+                self.tracker
+                    .spawn(settled(registered, call.handle(delivery, permit)));
             }
         }
     }
+}
+
+/// Runs a call holding its delivery's registration, so that a call dropped
+/// before it settled keeps its delivery unacked.
+async fn settled(registered: Registered, call: impl std::future::Future<Output = ()>) {
+    call.await;
+    drop(registered);
 }
 
 /// Declares a queue with nameko's flags and binds it.
@@ -527,11 +546,12 @@ pub(super) async fn unless_gone<T>(
     }
 }
 
-/// Acks a handled delivery.
+/// Acks a handled delivery: with the others done before it, in one
+/// `multiple` ack when it can (see [`super::acks`]).
 pub(super) async fn ack(handoff: &Handoff, delivery: &Delivery, call_id: &str) {
     let acked = tokio::time::timeout(
         SETTLE_TIMEOUT,
-        unless_gone(handoff, delivery.acker.ack(BasicAckOptions::default())),
+        unless_gone(handoff, handoff.acks.done(delivery.delivery_tag)),
     );
     match acked.await {
         Ok(Some(Ok(_))) => {}
@@ -556,7 +576,9 @@ pub(super) async fn requeue(handoff: &Handoff, delivery: &Delivery, call_id: &st
         SETTLE_TIMEOUT,
         unless_gone(
             handoff,
-            delivery.acker.reject(BasicRejectOptions { requeue: true }),
+            handoff
+                .acks
+                .reject(delivery.delivery_tag, &delivery.acker, true),
         ),
     );
     match rejected.await {

@@ -8,6 +8,7 @@
 pub mod faulty;
 pub mod nameko;
 pub mod output;
+pub mod postgres;
 pub mod python;
 pub mod raw;
 mod within;

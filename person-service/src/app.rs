@@ -47,11 +47,8 @@ impl Application {
     pub async fn build(settings: Settings) -> Result<Self, AppError> {
         // Flags, environment and config file, layered by Settings.
         let config = settings.rpc_config().map_err(AppError::Settings)?;
-        let path = settings.db.clone();
-        let store = tokio::task::spawn_blocking(move || Store::open(&path))
-            .await
-            .map_err(|e| AppError::Settings(format!("opening the database panicked: {e}")))??;
-        tracing::info!(db = %settings.db.display(), service = %settings.service_name, "store ready");
+        let store = Store::connect(&settings.db, settings.store_options()).await?;
+        tracing::info!(db = %settings.db, kind = settings.db.kind(), service = %settings.service_name, "store ready");
         Ok(Application {
             settings,
             config,

@@ -1,12 +1,20 @@
 //! The outbox relay: publishes the events that writes left in the store's
-//! outbox, in commit order, and removes each once the broker has confirmed
+//! outbox, oldest first, and removes each once the broker has confirmed
 //! it. An event is therefore published at least once even if the process
 //! dies between a commit and the publish (a crash between the confirm and
 //! the removal publishes it again on the next start).
 //!
-//! The relay wakes when a commit adds events, and every few seconds to
-//! retry after a failure. On stop it makes a last attempt to empty the
-//! outbox, bounded in time; whatever is left is published after a restart.
+//! Each batch is a claim on the store ([`Store::claim_outbox`]): on
+//! PostgreSQL, rows locked `FOR UPDATE SKIP LOCKED` until their removal
+//! commits, so the relays of several instances share one outbox without
+//! sending an event twice; on SQLite, the events after the last one
+//! published.
+//!
+//! The relay wakes when a commit of this instance adds events, and every
+//! few seconds besides: to retry after a failure (a broker or database
+//! outage) and to pick up events another instance committed. On stop it
+//! makes a last attempt to empty the outbox, bounded in time; whatever is
+//! left is published after a restart.
 
 use crate::store::Store;
 use rpc_core::{CancellationToken, Config, EventDispatcher, OutgoingEvent};
@@ -25,19 +33,8 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 pub async fn run(store: Store, config: Config, source: String, stop: CancellationToken) {
     let signal = store.outbox_signal();
     let mut dispatcher: Option<EventDispatcher> = None;
-    // Published events leave the outbox lazily (see Store::clear_outbox);
-    // this is the last one published, so they are not sent twice meanwhile.
-    let mut published = 0i64;
     loop {
-        let outcome = drain(
-            &store,
-            &config,
-            &source,
-            &mut dispatcher,
-            &mut published,
-            &stop,
-        )
-        .await;
+        let outcome = drain(&store, &config, &source, &mut dispatcher, &stop).await;
         if let Err(e) = &outcome {
             tracing::warn!(error = %e, retry_in_s = RETRY.as_secs(), "publishing events failed; they stay in the outbox");
         }
@@ -53,14 +50,7 @@ pub async fn run(store: Store, config: Config, source: String, stop: Cancellatio
     let last = CancellationToken::new();
     match tokio::time::timeout(
         FINAL_DRAIN,
-        drain(
-            &store,
-            &once,
-            &source,
-            &mut dispatcher,
-            &mut published,
-            &last,
-        ),
+        drain(&store, &once, &source, &mut dispatcher, &last),
     )
     .await
     {
@@ -88,15 +78,14 @@ async fn drain(
     config: &Config,
     source: &str,
     dispatcher: &mut Option<EventDispatcher>,
-    published: &mut i64,
     stop: &CancellationToken,
 ) -> Result<(), String> {
     loop {
-        let batch = store
-            .outbox_after(*published, BATCH)
+        let claim = store
+            .claim_outbox(BATCH)
             .await
             .map_err(|e| e.to_string())?;
-        if batch.is_empty() {
+        if claim.is_empty() {
             return Ok(());
         }
         let d = match dispatcher {
@@ -111,25 +100,21 @@ async fn drain(
                 d
             }
         };
-        let mut ids: Vec<i64> = batch.iter().map(|e| e.id).collect();
-        let events: Vec<OutgoingEvent> = batch
-            .into_iter()
+        let events: Vec<OutgoingEvent> = claim
+            .events()
+            .iter()
             .map(|e| OutgoingEvent {
                 source_service: source.to_owned(),
-                event_type: e.event_type,
-                data: e.payload,
-                call_id_stack: e.context.call_id_stack,
-                context: e.context.data,
+                event_type: e.event_type.clone(),
+                data: e.payload.clone(),
+                call_id_stack: e.context.call_id_stack.clone(),
+                context: e.context.data.clone(),
             })
             .collect();
         let outcome = d.dispatch_batch(&events).await;
         let done = *outcome.as_ref().unwrap_or(&0);
-        let nacked = done < ids.len();
-        ids.truncate(done);
-        if let Some(last) = ids.last() {
-            *published = *last;
-        }
-        store.clear_outbox(ids).await.map_err(|e| e.to_string())?;
+        let nacked = done < events.len();
+        claim.finish(done).await.map_err(|e| e.to_string())?;
         tracing::debug!(published = done, "events published");
         match outcome {
             Err(e) => return Err(e.to_string()),

@@ -9,6 +9,7 @@
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
 use rpc_core::config_file::{ConfigFileError, FileConfig};
+use crate::store::{Database, StoreOptions, DEFAULT_POOL_SIZE};
 use std::ffi::OsString;
 use std::path::PathBuf;
 
@@ -40,6 +41,8 @@ const DEFAULT_HTTP_MAX_BODY: usize = 64 * 1024;
 /// `--max-workers`).
 pub const FILE_KEYS: &[&str] = &[
     "PERSON_DB",
+    "PERSON_DB_POOL_SIZE",
+    "PERSON_DB_STATEMENT_TIMEOUT",
     "SERVICE_NAME",
     "HTTP_ADDR",
     "HTTP_MAX_BODY",
@@ -63,7 +66,8 @@ Examples:\n  person-service\n  person-service --http 127.0.0.1:8000\n  person-se
 pub struct Settings {
     /// A nameko config file (YAML, with ${VAR:default} substitution):
     /// AMQP_URI, max_workers, rpc_exchange, parent_calls_tracked, HEARTBEAT,
-    /// AMQP_SSL's ca_certs, and this service's own PERSON_DB, SERVICE_NAME,
+    /// AMQP_SSL's ca_certs, and this service's own PERSON_DB,
+    /// PERSON_DB_POOL_SIZE, PERSON_DB_STATEMENT_TIMEOUT, SERVICE_NAME,
     /// HTTP_ADDR, HTTP_MAX_BODY, LOG_FORMAT, PREFETCH, SHUTDOWN_TIMEOUT. Flags
     /// and environment win over it. A file that cannot be used stops
     /// start-up (exit status 2).
@@ -81,9 +85,27 @@ pub struct Settings {
     )]
     pub amqp_uri: String,
 
-    /// SQLite database file; created and migrated at start-up.
-    #[arg(long, env = "PERSON_DB", default_value = "person.db")]
-    pub db: PathBuf,
+    /// Where people are kept: a SQLite file (one host), or a PostgreSQL
+    /// URL, postgres://user:password@host:5432/dbname (several instances on
+    /// one database). Created (SQLite) and migrated at start-up.
+    #[arg(
+        long,
+        env = "PERSON_DB",
+        default_value = "person.db",
+        hide_env_values = true
+    )]
+    pub db: Database,
+
+    /// PostgreSQL: connections in the pool. Calls beyond it wait (up to the
+    /// statement timeout) for one to be free.
+    #[arg(long, env = "PERSON_DB_POOL_SIZE", default_value_t = DEFAULT_POOL_SIZE, value_parser = parse_pool_size)]
+    pub db_pool_size: usize,
+
+    /// PostgreSQL: seconds one statement may run, and a call may wait for a
+    /// connection; beyond it the call fails with StorageError rather than
+    /// hang while the database is away.
+    #[arg(long, env = "PERSON_DB_STATEMENT_TIMEOUT", default_value = "5", value_parser = rpc_core::config::positive_seconds)]
+    pub db_statement_timeout: std::time::Duration,
 
     /// Calls served at once (and the prefetch of the request queue). In a
     /// config file: nameko's max_workers (0 there means 10, as in nameko).
@@ -125,6 +147,14 @@ pub struct Settings {
     /// (rpc_exchange, HEARTBEAT, …) and its warnings. `None` without one.
     #[arg(skip)]
     pub file: Option<FileConfig>,
+}
+
+/// A pool of at least one connection.
+fn parse_pool_size(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("`{text}` is not a number of connections (1 or more)")),
+    }
 }
 
 /// Why the settings cannot be read.
@@ -190,7 +220,19 @@ impl Settings {
         }
         if from_file("db") {
             if let Some(db) = file.get_text("PERSON_DB")? {
-                self.db = PathBuf::from(db);
+                self.db = Database::parse(&db);
+            }
+        }
+        if from_file("db_pool_size") {
+            if let Some(n) = file.get_text("PERSON_DB_POOL_SIZE")? {
+                self.db_pool_size =
+                    parse_pool_size(&n).map_err(|e| file.invalid("PERSON_DB_POOL_SIZE", e))?;
+            }
+        }
+        if from_file("db_statement_timeout") {
+            if let Some(text) = file.get_text("PERSON_DB_STATEMENT_TIMEOUT")? {
+                self.db_statement_timeout = rpc_core::config::positive_seconds(&text)
+                    .map_err(|e| file.invalid("PERSON_DB_STATEMENT_TIMEOUT", e))?;
             }
         }
         if from_file("service_name") {
@@ -256,13 +298,24 @@ impl Settings {
         Ok(config)
     }
 
-    /// Settings for a given broker and database, the rest by default (for
-    /// tests and embedding).
-    pub fn new(amqp_uri: &str, db: PathBuf) -> Self {
+    /// The store's options these settings describe.
+    pub fn store_options(&self) -> StoreOptions {
+        StoreOptions {
+            pool_size: self.db_pool_size,
+            statement_timeout: self.db_statement_timeout,
+            ..StoreOptions::default()
+        }
+    }
+
+    /// Settings for a given broker and database (a SQLite path, or a
+    /// [`Database`]), the rest by default (for tests and embedding).
+    pub fn new(amqp_uri: &str, db: impl Into<Database>) -> Self {
         Settings {
             config_file: None,
             amqp_uri: amqp_uri.to_owned(),
-            db,
+            db: db.into(),
+            db_pool_size: DEFAULT_POOL_SIZE,
+            db_statement_timeout: crate::store::DEFAULT_STATEMENT_TIMEOUT,
             max_workers: DEFAULT_MAX_WORKERS,
             prefetch: DEFAULT_PREFETCH,
             service_name: DEFAULT_SERVICE_NAME.to_owned(),
@@ -337,6 +390,44 @@ mod tests {
         let config = s.rpc_config().unwrap();
         assert_eq!(config.amqp_uri.endpoint(), "h:1");
         assert_eq!(config.rpc_exchange, "nameko-rpc");
+    }
+
+    #[test]
+    fn the_database_settings_layer_like_the_others() {
+        let (_dir, path) = write(
+            "PERSON_DB: postgres://app:s3cret@db/person\nPERSON_DB_POOL_SIZE: 4\nPERSON_DB_STATEMENT_TIMEOUT: 2.5\n",
+        );
+        let path = path.to_str().unwrap();
+        let s = load(&["--config", path]).unwrap();
+        assert!(matches!(s.db, Database::Postgres(_)));
+        assert_eq!(s.db.to_string(), "postgres://app:***@db/person");
+        assert!(!format!("{s:?}").contains("s3cret"));
+        assert_eq!(s.store_options().pool_size, 4);
+        assert_eq!(
+            s.store_options().statement_timeout,
+            std::time::Duration::from_millis(2500)
+        );
+        let s = load(&[
+            "--config",
+            path,
+            "--db",
+            "/data/p.db",
+            "--db-pool-size",
+            "9",
+            "--db-statement-timeout",
+            "1",
+        ])
+        .unwrap();
+        assert_eq!(s.db, Database::Sqlite(PathBuf::from("/data/p.db")));
+        assert_eq!(s.db_pool_size, 9);
+        assert_eq!(s.db_statement_timeout, std::time::Duration::from_secs(1));
+        assert!(load(&["--db-pool-size", "0"]).is_err());
+        assert!(load(&["--db-statement-timeout", "0"]).is_err());
+        let (_dir, bad) = write("PERSON_DB_STATEMENT_TIMEOUT: 0\n");
+        let msg = load(&["--config", bad.to_str().unwrap()])
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("PERSON_DB_STATEMENT_TIMEOUT"), "{msg}");
     }
 
     #[test]

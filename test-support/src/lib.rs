@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod faulty;
 pub mod nameko;
 pub mod output;
+pub mod postgres;
 pub mod python;
 pub mod raw;
 mod within;

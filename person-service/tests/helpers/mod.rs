@@ -54,8 +54,13 @@ pub async fn spawn_app() -> TestApp {
 
 /// Starts (or restarts) a person-service called `name` on `db`.
 pub async fn start(name: &str, db: &Path) -> RunningApp {
-    let uri = test_support::require_broker();
-    let mut settings = Settings::new(&uri, db.to_owned());
+    start_with(name, Settings::new(&test_support::require_broker(), db.to_owned())).await
+}
+
+/// Starts a person-service called `name` with `settings` (HTTP on a free
+/// port), and waits until it consumes.
+pub async fn start_with(name: &str, mut settings: Settings) -> RunningApp {
+    test_support::require_broker();
     settings.service_name = name.to_owned();
     settings.http = Some("127.0.0.1:0".parse().unwrap());
     let app = Application::build(settings).await.expect("app builds");

@@ -1,4 +1,4 @@
-//! The SQLite store.
+//! The SQLite backend: one host.
 //!
 //! All blocking database work runs off the async executor. One writer
 //! thread owns the only writing connection and commits every write waiting
@@ -22,14 +22,17 @@
 //! every commit, so a write that has been answered survives a crash of the
 //! process and of the machine.
 
-use crate::domain::{DomainError, NewPerson, Page, Person, PersonChanges};
+
+use super::{
+    context_columns, expiry_cutoff, outbox_event, unix_now, ClaimInner, OutboxClaim, OutboxEvent,
+    StoreError, StoreOptions, Unhealthy, WriteMeta, WriteOp, Written,
+};
+use crate::domain::{DomainError, Page, Person};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, Notify, Semaphore};
 
 /// Most writes committed in one transaction.
@@ -75,117 +78,25 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX processed_request_age ON processed_request (created_at);",
 ];
 
-/// Why the store could not be opened.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// SQLite refused to open or migrate the file.
-    #[error("cannot open the database {path}: {source}")]
-    Open {
-        /// The database file.
-        path: PathBuf,
-        /// SQLite's error.
-        source: rusqlite::Error,
-    },
-    /// The file has a newer schema than this build knows.
-    #[error("the database {path} has schema version {found}; this build knows up to {known}")]
-    TooNew {
-        /// The database file.
-        path: PathBuf,
-        /// Its schema version.
-        found: i64,
-        /// The newest this build knows.
-        known: usize,
-    },
-}
 
-/// Store settings.
-#[derive(Clone, Debug)]
-pub struct StoreOptions {
-    /// How long the answer of a write request is kept for redeliveries.
-    pub request_ttl: Duration,
-}
-
-impl Default for StoreOptions {
-    fn default() -> Self {
-        StoreOptions {
-            request_ttl: Duration::from_secs(24 * 60 * 60),
-        }
-    }
-}
-
-/// What a write leaves besides the change itself.
-#[derive(Clone, Debug, Default)]
-pub struct WriteMeta {
-    /// The request's correlation id, when it came over RPC: a redelivered
-    /// request with the same id gets the first answer back.
-    pub request_id: Option<String>,
-    /// The context the change's event carries; `None` emits no event.
-    pub event: Option<EventContext>,
-}
-
-/// The call context an event is sent with.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct EventContext {
-    /// Call-id stack of the call that made the change.
-    pub call_id_stack: Vec<String>,
-    /// Its context data.
-    pub data: BTreeMap<String, Value>,
-}
-
-/// An event waiting in the outbox.
-#[derive(Clone, Debug, PartialEq)]
-pub struct OutboxEvent {
-    /// Position in the outbox (commit order).
-    pub id: i64,
-    /// `person_created`, `person_updated` or `person_deleted`.
-    pub event_type: String,
-    /// The event's data.
-    pub payload: Value,
-    /// The context it is sent with.
-    pub context: EventContext,
-}
-
-/// The outcome of a write.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum Written {
-    /// The person as stored after a create or update.
-    Person(Person),
-    /// The id deleted.
-    Deleted(i64),
-    /// Outbox rows removed.
-    Cleared,
-}
-
-/// A write, with the channel its outcome goes back on.
+/// A job for the writer thread, with the channel its outcome goes back on.
 struct WriteJob {
-    op: WriteOp,
-    meta: WriteMeta,
+    task: Task,
     reply: oneshot::Sender<Result<Written, DomainError>>,
 }
 
-enum WriteOp {
-    Create(NewPerson),
-    Update(i64, PersonChanges),
-    Delete(i64),
+enum Task {
+    /// A change and what it leaves behind.
+    Write(WriteOp, WriteMeta),
+    /// Published events to remove (deferred, see [`SqliteStore::finish_claim`]).
     ClearOutbox(Vec<i64>),
+    /// Commit the deferred removals now.
     Flush,
 }
 
-impl WriteOp {
-    fn method(&self) -> &'static str {
-        match self {
-            WriteOp::Create(_) => "create",
-            WriteOp::Update(..) => "update",
-            WriteOp::Delete(_) => "delete",
-            WriteOp::ClearOutbox(_) => "clear_outbox",
-            WriteOp::Flush => "flush",
-        }
-    }
-}
-
-/// The person store; cheap to clone.
+/// The SQLite store; cheap to clone.
 #[derive(Clone)]
-pub struct Store {
+pub struct SqliteStore {
     inner: Arc<Inner>,
 }
 
@@ -195,25 +106,17 @@ struct Inner {
     read_slots: Semaphore,
     path: PathBuf,
     outbox: Arc<Notify>,
+    /// The last event this store's relay published. Removing published
+    /// events is deferred, so the relay reads after this rather than from
+    /// the start; with one writer, ids are in commit order and no event
+    /// can commit below it later.
+    relayed: AtomicI64,
 }
 
-impl std::fmt::Debug for Store {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store")
-            .field("path", &self.inner.path)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Store {
-    /// Opens with default options; see [`Store::open_with`].
-    pub fn open(path: &Path) -> Result<Store, StoreError> {
-        Self::open_with(path, StoreOptions::default())
-    }
-
+impl SqliteStore {
     /// Opens (creating if needed) and migrates the database, and starts the
-    /// writer thread. Blocking: call it from `spawn_blocking` or at start-up.
-    pub fn open_with(path: &Path, options: StoreOptions) -> Result<Store, StoreError> {
+    /// writer thread. Blocking.
+    pub(crate) fn open(path: &Path, options: StoreOptions) -> Result<SqliteStore, StoreError> {
         let open_err = |source| StoreError::Open {
             path: path.to_owned(),
             source,
@@ -248,13 +151,14 @@ impl Store {
             .name("person-store-writer".into())
             .spawn(move || writer_state.run(rx))
             .map_err(|e| open_err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
-        Ok(Store {
+        Ok(SqliteStore {
             inner: Arc::new(Inner {
                 writer: tx,
                 readers: Mutex::new(readers),
                 read_slots: Semaphore::new(READERS),
                 path: path.to_owned(),
                 outbox,
+                relayed: AtomicI64::new(0),
             }),
         })
     }
@@ -264,38 +168,11 @@ impl Store {
         &self.inner.path
     }
 
-    /// Stores a new person and returns it with its id.
-    pub async fn create(&self, person: NewPerson, meta: WriteMeta) -> Result<Person, DomainError> {
-        match self.write(WriteOp::Create(person), meta).await? {
-            Written::Person(p) => Ok(p),
-            _ => Err(DomainError::Storage),
-        }
+    pub(crate) async fn write(&self, op: WriteOp, meta: WriteMeta) -> Result<Written, DomainError> {
+        self.send(Task::Write(op, meta)).await
     }
 
-    /// Changes the given fields and returns the updated person. No changes
-    /// at all is a read, and emits no event.
-    pub async fn update(
-        &self,
-        id: i64,
-        changes: PersonChanges,
-        meta: WriteMeta,
-    ) -> Result<Person, DomainError> {
-        if changes.is_empty() {
-            return self.get(id).await;
-        }
-        match self.write(WriteOp::Update(id, changes), meta).await? {
-            Written::Person(p) => Ok(p),
-            _ => Err(DomainError::Storage),
-        }
-    }
-
-    /// Deletes a person.
-    pub async fn delete(&self, id: i64, meta: WriteMeta) -> Result<(), DomainError> {
-        self.write(WriteOp::Delete(id), meta).await.map(|_| ())
-    }
-
-    /// One person.
-    pub async fn get(&self, id: i64) -> Result<Person, DomainError> {
+    pub(crate) async fn get(&self, id: i64) -> Result<Option<Person>, DomainError> {
         self.read(move |conn| {
             conn.prepare_cached(
                 "SELECT id, first_name, last_name, age, member FROM person WHERE id = ?1",
@@ -303,12 +180,10 @@ impl Store {
             .query_row(params![id], person_from_row)
             .optional()
         })
-        .await?
-        .ok_or(DomainError::NotFound(id))
+        .await
     }
 
-    /// People in id order, one page of them.
-    pub async fn list(&self, page: Page) -> Result<Vec<Person>, DomainError> {
+    pub(crate) async fn list(&self, page: Page) -> Result<Vec<Person>, DomainError> {
         self.read(move |conn| {
             let limit = page.limit.map_or(-1, i64::from);
             let mut stmt = conn.prepare_cached(
@@ -320,27 +195,19 @@ impl Store {
         .await
     }
 
-    /// Number of people stored.
-    pub async fn count(&self) -> Result<i64, DomainError> {
+    pub(crate) async fn count(&self) -> Result<i64, DomainError> {
         self.read(|conn| conn.query_row("SELECT count(*) FROM person", [], |r| r.get(0)))
             .await
     }
 
-    /// Whether a read goes through (for health checks).
-    pub async fn check(&self) -> Result<(), DomainError> {
+    pub(crate) async fn check(&self) -> Result<(), Unhealthy> {
         self.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(())))
             .await
+            .map_err(|_| Unhealthy(format!("cannot read {}", self.inner.path.display())))
     }
 
-    /// The oldest events in the outbox, at most `limit`.
-    pub async fn outbox(&self, limit: usize) -> Result<Vec<OutboxEvent>, DomainError> {
-        self.outbox_after(0, limit).await
-    }
-
-    /// The oldest events in the outbox after position `after_id` (a relay
-    /// passes the last one it published: deleting published events is
-    /// deferred, see [`Store::clear_outbox`]).
-    pub async fn outbox_after(
+    /// The oldest events after position `after_id`.
+    pub(crate) async fn outbox_after(
         &self,
         after_id: i64,
         limit: usize,
@@ -352,24 +219,15 @@ impl Store {
                  WHERE id > ?1 ORDER BY id LIMIT ?2",
             )?;
             let rows = stmt.query_map(params![after_id, limit], |r| {
-                let text = |i: usize| -> rusqlite::Result<Value> {
-                    let s: String = r.get(i)?;
-                    serde_json::from_str(&s).map_err(|e| {
-                        rusqlite::Error::FromSqlConversionFailure(
-                            i,
-                            rusqlite::types::Type::Text,
-                            Box::new(e),
-                        )
-                    })
-                };
-                Ok(OutboxEvent {
-                    id: r.get(0)?,
-                    event_type: r.get(1)?,
-                    payload: text(2)?,
-                    context: EventContext {
-                        call_id_stack: serde_json::from_value(text(3)?).unwrap_or_default(),
-                        data: serde_json::from_value(text(4)?).unwrap_or_default(),
-                    },
+                let payload: String = r.get(2)?;
+                let stack: String = r.get(3)?;
+                let context: String = r.get(4)?;
+                outbox_event(r.get(0)?, r.get(1)?, &payload, &stack, &context).map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        2,
+                        rusqlite::types::Type::Text,
+                        Box::new(e),
+                    )
                 })
             })?;
             rows.collect()
@@ -377,40 +235,40 @@ impl Store {
         .await
     }
 
-    /// Removes published events from the outbox, lazily: the deletes are
-    /// committed with the next write transaction (or within a second when
-    /// none comes), so publishing an event does not cost a sync of its own.
-    /// Until then the rows are still there; if the process dies first they
-    /// are published again at the next start (events are at least once).
-    pub async fn clear_outbox(&self, ids: Vec<i64>) -> Result<(), DomainError> {
-        if ids.is_empty() {
+    pub(crate) async fn claim_outbox(&self, limit: usize) -> Result<OutboxClaim, DomainError> {
+        let after = self.inner.relayed.load(Ordering::Acquire);
+        let events = self.outbox_after(after, limit).await?;
+        Ok(OutboxClaim {
+            events,
+            inner: ClaimInner::Sqlite(self.clone()),
+        })
+    }
+
+    /// Removes published events lazily: the deletes are committed with the
+    /// next write transaction (or within a second when none comes), so
+    /// publishing an event does not cost a sync of its own. Until then the
+    /// rows are still there, and the relay reads past them; if the process
+    /// dies first they are published again at the next start (events are at
+    /// least once).
+    pub(crate) async fn finish_claim(&self, ids: Vec<i64>) -> Result<(), DomainError> {
+        let Some(&last) = ids.last() else {
             return Ok(());
-        }
-        self.write(WriteOp::ClearOutbox(ids), WriteMeta::default())
-            .await
-            .map(|_| ())
+        };
+        self.inner.relayed.fetch_max(last, Ordering::AcqRel);
+        self.send(Task::ClearOutbox(ids)).await.map(|_| ())
     }
 
-    /// Commits any deferred outbox deletes now (at shutdown).
-    pub async fn flush(&self) -> Result<(), DomainError> {
-        self.write(WriteOp::Flush, WriteMeta::default())
-            .await
-            .map(|_| ())
+    pub(crate) async fn flush(&self) -> Result<(), DomainError> {
+        self.send(Task::Flush).await.map(|_| ())
     }
 
-    /// Notified after each commit that put events in the outbox.
-    pub fn outbox_signal(&self) -> Arc<Notify> {
+    pub(crate) fn outbox_signal(&self) -> Arc<Notify> {
         Arc::clone(&self.inner.outbox)
     }
 
-    async fn write(&self, op: WriteOp, meta: WriteMeta) -> Result<Written, DomainError> {
+    async fn send(&self, task: Task) -> Result<Written, DomainError> {
         let (reply, rx) = oneshot::channel();
-        if self
-            .inner
-            .writer
-            .send(WriteJob { op, meta, reply })
-            .is_err()
-        {
+        if self.inner.writer.send(WriteJob { task, reply }).is_err() {
             tracing::error!("the store's writer thread is gone");
             return Err(DomainError::Storage);
         }
@@ -453,40 +311,54 @@ impl Store {
     }
 }
 
+/// How long a connection waits for another's lock: long enough for
+/// another instance's migrations at start-up.
+const BUSY_TIMEOUT_MS: u32 = 5000;
+
 fn configure_writer(conn: &Connection) -> rusqlite::Result<()> {
-    conn.execute_batch(
-        "PRAGMA journal_mode = WAL;
+    // The busy timeout first: switching to WAL takes a lock that another
+    // instance opening the same fresh file may hold.
+    conn.execute_batch(&format!(
+        "PRAGMA busy_timeout = {BUSY_TIMEOUT_MS};
+         PRAGMA journal_mode = WAL;
          PRAGMA synchronous = FULL;
          PRAGMA wal_autocheckpoint = 10000;
-         PRAGMA busy_timeout = 5000;
-         PRAGMA foreign_keys = ON;",
-    )
+         PRAGMA foreign_keys = ON;"
+    ))
 }
 
+/// Applies the missing migrations in one `BEGIN IMMEDIATE` transaction:
+/// it takes the write lock first and reads the schema version under it, so
+/// instances starting together on a fresh file migrate one after the other
+/// (the later ones find the work done) instead of each creating the tables.
 fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     let open_err = |source| StoreError::Open {
         path: path.to_owned(),
         source,
     };
-    let version: i64 = conn
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(open_err)?;
+    let version: i64 = tx
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(open_err)?;
-    if version as usize > MIGRATIONS.len() {
+    if version < 0 || version as usize > MIGRATIONS.len() {
         return Err(StoreError::TooNew {
-            path: path.to_owned(),
+            db: path.display().to_string(),
             found: version,
             known: MIGRATIONS.len(),
         });
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
-        let tx = conn.transaction().map_err(open_err)?;
+    if version as usize == MIGRATIONS.len() {
+        return Ok(());
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         tx.execute_batch(sql).map_err(open_err)?;
-        tx.pragma_update(None, "user_version", (i + 1) as i64)
-            .map_err(open_err)?;
-        tx.commit().map_err(open_err)?;
         tracing::info!(version = i + 1, "database migrated");
     }
-    Ok(())
+    tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)
+        .map_err(open_err)?;
+    tx.commit().map_err(open_err)
 }
 
 fn person_from_row(row: &Row<'_>) -> rusqlite::Result<Person> {
@@ -499,16 +371,17 @@ fn person_from_row(row: &Row<'_>) -> rusqlite::Result<Person> {
     })
 }
 
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
 fn db_error(e: rusqlite::Error) -> DomainError {
     tracing::error!(error = %e, "database write failed");
     DomainError::Storage
 }
+
+/// A write waiting in the writer's batch, with its reply channel.
+type Batched = (
+    WriteOp,
+    WriteMeta,
+    oneshot::Sender<Result<Written, DomainError>>,
+);
 
 /// The writer thread's state.
 struct Writer {
@@ -544,13 +417,13 @@ impl Writer {
             let mut batch = Vec::with_capacity(16);
             let mut flushes = Vec::new();
             for job in std::iter::once(first).chain(std::iter::from_fn(|| jobs.try_recv().ok())) {
-                match job.op {
-                    WriteOp::ClearOutbox(ids) => {
+                match job.task {
+                    Task::ClearOutbox(ids) => {
                         pending_clear.extend(ids);
                         let _ = job.reply.send(Ok(Written::Cleared));
                     }
-                    WriteOp::Flush => flushes.push(job.reply),
-                    _ => batch.push(job),
+                    Task::Flush => flushes.push(job.reply),
+                    Task::Write(op, meta) => batch.push((op, meta, job.reply)),
                 }
                 if batch.len() >= MAX_BATCH {
                     break;
@@ -568,8 +441,8 @@ impl Writer {
                 if events {
                     self.outbox.notify_one();
                 }
-                for (job, outcome) in batch.into_iter().zip(outcomes) {
-                    let _ = job.reply.send(outcome);
+                for ((_, _, reply), outcome) in batch.into_iter().zip(outcomes) {
+                    let _ = reply.send(outcome);
                 }
             }
             for reply in flushes {
@@ -603,7 +476,7 @@ impl Writer {
     /// the deletes were committed.
     fn commit_batch(
         &mut self,
-        batch: &[WriteJob],
+        batch: &[Batched],
         clears: &[i64],
     ) -> (Vec<Result<Written, DomainError>>, bool, bool) {
         let all_failed = |e: rusqlite::Error| {
@@ -624,9 +497,9 @@ impl Writer {
         let now = unix_now();
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut events = false;
-        for job in batch {
+        for (op, meta, _) in batch {
             let outcome = match tx.savepoint() {
-                Ok(mut sp) => match apply_job(&sp, job, now) {
+                Ok(mut sp) => match apply_job(&sp, op, meta, now) {
                     Ok((written, emitted)) => match sp.commit() {
                         Ok(()) => {
                             events |= emitted;
@@ -661,7 +534,7 @@ impl Writer {
             return;
         }
         self.last_prune = Some(Instant::now());
-        let cutoff = unix_now() - i64::try_from(self.request_ttl.as_secs()).unwrap_or(i64::MAX);
+        let cutoff = expiry_cutoff(self.request_ttl);
         match self.conn.execute(
             "DELETE FROM processed_request WHERE created_at <= ?1",
             params![cutoff],
@@ -673,12 +546,17 @@ impl Writer {
     }
 }
 
-/// Applies one job inside its savepoint: replays a recorded answer, or
+/// Applies one write inside its savepoint: replays a recorded answer, or
 /// makes the change, records its event and its answer. Returns whether an
 /// event was recorded.
-fn apply_job(conn: &Connection, job: &WriteJob, now: i64) -> Result<(Written, bool), DomainError> {
-    let method = job.op.method();
-    if let Some(request_id) = &job.meta.request_id {
+fn apply_job(
+    conn: &Connection,
+    op: &WriteOp,
+    meta: &WriteMeta,
+    now: i64,
+) -> Result<(Written, bool), DomainError> {
+    let method = op.method();
+    if let Some(request_id) = &meta.request_id {
         let recorded: Option<(String, String)> = conn
             .prepare_cached("SELECT method, response FROM processed_request WHERE request_id = ?1")
             .and_then(|mut s| {
@@ -705,40 +583,21 @@ fn apply_job(conn: &Connection, job: &WriteJob, now: i64) -> Result<(Written, bo
             );
         }
     }
-    let written = apply(conn, &job.op)?;
+    let written = apply(conn, op)?;
     let mut emitted = false;
-    if let Some(ctx) = &job.meta.event {
-        let event = match (&job.op, &written) {
-            (WriteOp::Create(_), Written::Person(p)) => Some((
-                "person_created",
-                serde_json::to_value(p).unwrap_or(Value::Null),
-            )),
-            (WriteOp::Update(..), Written::Person(p)) => Some((
-                "person_updated",
-                serde_json::to_value(p).unwrap_or(Value::Null),
-            )),
-            (_, Written::Deleted(id)) => Some(("person_deleted", serde_json::json!({ "id": id }))),
-            _ => None,
-        };
-        if let Some((event_type, payload)) = event {
+    if let Some(ctx) = &meta.event {
+        if let Some((event_type, payload)) = op.event(&written) {
+            let (stack, data) = context_columns(ctx);
             conn.prepare_cached(
                 "INSERT INTO event_outbox (event_type, payload, call_id_stack, context, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
             )
-            .and_then(|mut s| {
-                s.execute(params![
-                    event_type,
-                    payload.to_string(),
-                    serde_json::to_string(&ctx.call_id_stack).unwrap_or_else(|_| "[]".into()),
-                    serde_json::to_string(&ctx.data).unwrap_or_else(|_| "{}".into()),
-                    now
-                ])
-            })
+            .and_then(|mut s| s.execute(params![event_type, payload.to_string(), stack, data, now]))
             .map_err(db_error)?;
             emitted = true;
         }
     }
-    if let Some(request_id) = &job.meta.request_id {
+    if let Some(request_id) = &meta.request_id {
         let response = serde_json::to_string(&written).map_err(|_| DomainError::Storage)?;
         conn.prepare_cached(
             "INSERT OR REPLACE INTO processed_request (request_id, method, response, created_at) VALUES (?1, ?2, ?3, ?4)",
@@ -803,219 +662,20 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<Written, DomainError> {
                 Ok(Written::Deleted(*id))
             }
         }
-        WriteOp::ClearOutbox(_) | WriteOp::Flush => Ok(Written::Cleared),
     }
 }
+
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn new(first: &str, age: i64) -> NewPerson {
-        NewPerson::new(first.into(), "Test".into(), age, false).unwrap()
-    }
-
-    fn none() -> WriteMeta {
-        WriteMeta::default()
-    }
-
-    #[tokio::test]
-    async fn crud_and_paging_on_a_real_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("p.db")).unwrap();
-        let a = store.create(new("Ada", 36), none()).await.unwrap();
-        let b = store.create(new("Bob", 40), none()).await.unwrap();
-        assert!(b.id > a.id);
-        assert_eq!(store.get(a.id).await.unwrap(), a);
-        let changed = store
-            .update(
-                a.id,
-                PersonChanges::new(None, None, Some(37), Some(true)).unwrap(),
-                none(),
-            )
-            .await
-            .unwrap();
-        assert_eq!(
-            (changed.age, changed.member, changed.first_name.as_str()),
-            (37, true, "Ada")
-        );
-        assert_eq!(
-            store.list(Page::default()).await.unwrap(),
-            vec![changed.clone(), b.clone()]
-        );
-        assert_eq!(
-            store
-                .list(Page::new(Some(1), Some(a.id)).unwrap())
-                .await
-                .unwrap(),
-            vec![b.clone()]
-        );
-        store.delete(a.id, none()).await.unwrap();
-        assert_eq!(store.get(a.id).await, Err(DomainError::NotFound(a.id)));
-        assert_eq!(
-            store.delete(a.id, none()).await,
-            Err(DomainError::NotFound(a.id))
-        );
-        assert_eq!(
-            store
-                .update(
-                    a.id,
-                    PersonChanges::new(None, None, Some(1), None).unwrap(),
-                    none()
-                )
-                .await,
-            Err(DomainError::NotFound(a.id))
-        );
-        // Ids are never reused.
-        let c = store.create(new("Cy", 1), none()).await.unwrap();
-        assert!(c.id > b.id);
-        // No event context, no events.
-        assert!(store.outbox(10).await.unwrap().is_empty());
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_writes_share_commits_and_all_land() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("p.db");
-        let store = Store::open(&path).unwrap();
-        let mut tasks = Vec::new();
-        for i in 0..200 {
-            let store = store.clone();
-            tasks.push(tokio::spawn(async move {
-                store.create(new(&format!("P{i}"), i % 150), none()).await
-            }));
-        }
-        let mut ids = std::collections::HashSet::new();
-        for t in tasks {
-            ids.insert(t.await.unwrap().unwrap().id);
-        }
-        assert_eq!(ids.len(), 200);
-        drop(store);
-        // Reopening sees every row: they were committed, not just answered.
-        let again = Store::open(&path).unwrap();
-        assert_eq!(again.count().await.unwrap(), 200);
-    }
-
-    #[tokio::test]
-    async fn a_replayed_request_gets_its_first_answer_and_writes_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("p.db")).unwrap();
-        let meta = |id: &str| WriteMeta {
-            request_id: Some(id.to_owned()),
-            event: Some(EventContext::default()),
-        };
-        let first = store.create(new("Once", 1), meta("c-1")).await.unwrap();
-        let again = store.create(new("Once", 1), meta("c-1")).await.unwrap();
-        assert_eq!(first, again);
-        assert_eq!(store.count().await.unwrap(), 1);
-        let other = store.create(new("Twice", 2), meta("c-2")).await.unwrap();
-        assert_ne!(other.id, first.id);
-
-        let up = PersonChanges::new(None, None, Some(5), None).unwrap();
-        let u1 = store
-            .update(first.id, up.clone(), meta("u-1"))
-            .await
-            .unwrap();
-        store
-            .update(
-                first.id,
-                PersonChanges::new(None, None, Some(9), None).unwrap(),
-                none(),
-            )
-            .await
-            .unwrap();
-        // The replay answers as the first time, without applying age 5 again.
-        assert_eq!(store.update(first.id, up, meta("u-1")).await.unwrap(), u1);
-        assert_eq!(store.get(first.id).await.unwrap().age, 9);
-
-        store.delete(other.id, meta("d-1")).await.unwrap();
-        assert_eq!(store.delete(other.id, meta("d-1")).await, Ok(()));
-        // One event per change actually made, in commit order.
-        let kinds: Vec<String> = store
-            .outbox(100)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|e| e.event_type)
-            .collect();
-        assert_eq!(
-            kinds,
-            vec![
-                "person_created",
-                "person_created",
-                "person_updated",
-                "person_deleted"
-            ]
-        );
-    }
-
-    #[tokio::test]
-    async fn outbox_keeps_commit_order_and_context_until_cleared() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("p.db")).unwrap();
-        let ctx = EventContext {
-            call_id_stack: vec!["a.b.1".into()],
-            data: [("user_id".to_owned(), serde_json::json!("u1"))]
-                .into_iter()
-                .collect(),
-        };
-        let meta = WriteMeta {
-            request_id: None,
-            event: Some(ctx.clone()),
-        };
-        let p = store.create(new("E", 3), meta.clone()).await.unwrap();
-        store.delete(p.id, meta).await.unwrap();
-        let events = store.outbox(10).await.unwrap();
-        assert_eq!(events.len(), 2);
-        assert_eq!(events[0].payload, serde_json::to_value(&p).unwrap());
-        assert_eq!(events[0].context, ctx);
-        assert_eq!(events[1].payload, serde_json::json!({"id": p.id}));
-        assert_eq!(
-            store.outbox_after(events[0].id, 10).await.unwrap(),
-            vec![events[1].clone()]
-        );
-        // Deleting a published event is deferred to the next write (or a
-        // flush), so that it costs no sync of its own.
-        store.clear_outbox(vec![events[0].id]).await.unwrap();
-        assert_eq!(store.outbox(10).await.unwrap().len(), 2);
-        store.flush().await.unwrap();
-        assert_eq!(store.outbox(10).await.unwrap(), vec![events[1].clone()]);
-        // Or it rides along with the next write transaction.
-        store.clear_outbox(vec![events[1].id]).await.unwrap();
-        store
-            .create(new("F", 4), WriteMeta::default())
-            .await
-            .unwrap();
-        assert!(store.outbox(10).await.unwrap().is_empty());
-    }
-
-    #[tokio::test]
-    async fn request_records_expire() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_with(
-            &dir.path().join("p.db"),
-            StoreOptions {
-                request_ttl: Duration::ZERO,
-            },
-        )
-        .unwrap();
-        let meta = WriteMeta {
-            request_id: Some("c-1".into()),
-            event: None,
-        };
-        // The first batch prunes everything at least 0 s old, its own record
-        // included: a later replay is then a new request.
-        let a = store.create(new("A", 1), meta.clone()).await.unwrap();
-        let b = store.create(new("A", 1), meta).await.unwrap();
-        assert_ne!(a.id, b.id);
-    }
-
     #[test]
     fn reopening_does_not_migrate_twice() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.db");
-        drop(Store::open(&path).unwrap());
-        drop(Store::open(&path).unwrap());
+        drop(SqliteStore::open(&path, StoreOptions::default()).unwrap());
+        drop(SqliteStore::open(&path, StoreOptions::default()).unwrap());
         let conn = Connection::open(&path).unwrap();
         let v: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
@@ -1030,7 +690,9 @@ mod tests {
     #[test]
     fn an_unusable_path_is_an_open_error_naming_it() {
         let dir = tempfile::tempdir().unwrap();
-        let err = Store::open(dir.path()).unwrap_err();
+        let err = SqliteStore::open(dir.path(), StoreOptions::default())
+            .err()
+            .expect("a directory is not a database");
         assert!(
             matches!(&err, StoreError::Open { path, .. } if path == dir.path()),
             "{err}"
@@ -1046,8 +708,45 @@ mod tests {
             .pragma_update(None, "user_version", 99)
             .unwrap();
         assert!(matches!(
-            Store::open(&path),
+            SqliteStore::open(&path, StoreOptions::default()),
             Err(StoreError::TooNew { found: 99, .. })
         ));
+    }
+
+    /// Before migrations ran under `BEGIN IMMEDIATE`, two instances opening
+    /// a fresh file together failed with `table person already exists`.
+    #[test]
+    fn stores_opened_together_on_a_fresh_file_all_open() {
+        for _ in 0..3 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("p.db");
+            let barrier = Arc::new(std::sync::Barrier::new(6));
+            let threads: Vec<_> = (0..6)
+                .map(|_| {
+                    let (path, barrier) = (path.clone(), Arc::clone(&barrier));
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        SqliteStore::open(&path, StoreOptions::default()).map(drop)
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap().expect("every store opens");
+            }
+            let conn = Connection::open(&path).unwrap();
+            let v: i64 = conn
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(v as usize, MIGRATIONS.len());
+            let tables: i64 = conn
+                .query_row(
+                    "SELECT count(*) FROM sqlite_master WHERE type = 'table'
+                     AND name IN ('person', 'event_outbox', 'processed_request')",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(tables, 3);
+        }
     }
 }

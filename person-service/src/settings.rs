@@ -75,7 +75,9 @@ pub struct Settings {
     pub config_file: Option<PathBuf>,
 
     /// Broker URI: amqp://, amqps:// or nameko's pyamqp://, with kombu's vhost
-    /// rules [default: amqp://localhost:5672/%2f as user guest]
+    /// rules; or a `;`-separated list of them to fail over between, tried in
+    /// order and round-robin after a loss [default: amqp://localhost:5672/%2f
+    /// as user guest]
     #[arg(
         long,
         env = "AMQP_URI",
@@ -206,7 +208,7 @@ impl Settings {
             )
         };
         if from_file("amqp_uri") {
-            if let Some(uri) = file.get_text("AMQP_URI")? {
+            if let Some(uri) = file.amqp_uri_text()? {
                 self.amqp_uri = uri;
             }
         }

@@ -1,6 +1,6 @@
 //! Settings shared by services and proxies, with nameko's defaults.
 
-use crate::connection::{AmqpUri, ConnectOptions};
+use crate::connection::{BrokerList, ConnectOptions};
 use crate::error::ConnectError;
 use crate::wire;
 use std::path::PathBuf;
@@ -47,8 +47,9 @@ impl Default for RetryPolicy {
 /// Settings of a service or a proxy. Defaults are nameko's.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// The broker (`AMQP_URI`).
-    pub amqp_uri: AmqpUri,
+    /// The brokers (`AMQP_URI`): one URI, or several (kombu's `;` list)
+    /// to fail over between, round-robin. See [`BrokerList`].
+    pub amqp_uri: BrokerList,
     /// RPC exchange (`rpc_exchange`, default `nameko-rpc`); callers and
     /// services must agree.
     pub rpc_exchange: String,
@@ -155,7 +156,7 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Defaults with the given broker URI.
+    /// Defaults with the given broker URI, or `;`-separated list of URIs.
     pub fn new(amqp_uri: &str) -> Result<Self, ConnectError> {
         Ok(Config {
             amqp_uri: amqp_uri.parse()?,

@@ -90,7 +90,7 @@ pub mod wire;
 
 pub use caller::{CallArgs, Caller};
 pub use config::{Config, RetryPolicy};
-pub use connection::AmqpUri;
+pub use connection::{AmqpUri, BrokerList};
 pub use context::{Context, ContextProxy};
 pub use error::{CallError, ConnectError, RemoteError, RpcError};
 pub use events::{

@@ -43,7 +43,8 @@ pub struct Cli {
     #[arg(long = "config", env = "CONFIG_FILE", value_name = "FILE")]
     pub config_file: Option<PathBuf>,
 
-    /// Broker to connect to. Defaults to the local RabbitMQ (localhost:5672,
+    /// Broker to connect to, or a `;`-separated list to fail over between
+    /// (kombu's form). Defaults to the local RabbitMQ (localhost:5672,
     /// vhost "/") as user guest.
     #[arg(
         long,
@@ -164,8 +165,13 @@ impl Cli {
                 .map(|text| parse(&text).map_err(|e| file.invalid(key, e)))
                 .transpose()
         };
-        if let Some(uri) = text("amqp_uri", "AMQP_URI")? {
-            self.amqp_uri = uri;
+        if matches!(
+            matches.value_source("amqp_uri"),
+            None | Some(ValueSource::DefaultValue)
+        ) {
+            if let Some(uri) = file.amqp_uri_text()? {
+                self.amqp_uri = uri;
+            }
         }
         if let Some(target) = text("target", "TARGET_SERVICE")? {
             self.target = target;

@@ -10,7 +10,7 @@
 //! # Keys
 //! | Key | Here |
 //! |---|---|
-//! | `AMQP_URI` | [`Config::amqp_uri`] (kombu's URI rules, see [`AmqpUri`]) |
+//! | `AMQP_URI` | [`Config::amqp_uri`]: one URI (kombu's rules, see [`AmqpUri`](crate::AmqpUri)), kombu's `;`-separated list, or a YAML list of URIs, for failover ([`BrokerList`]) |
 //! | `max_workers` | [`Config::max_workers`]; 0 means the default, 10, as in nameko |
 //! | `rpc_exchange` | [`Config::rpc_exchange`] |
 //! | `parent_calls_tracked` | [`Config::parent_calls_tracked`] |
@@ -94,7 +94,7 @@ mod yaml;
 pub use yaml::{parse_yaml, YamlError};
 
 use crate::config::Config;
-use crate::connection::AmqpUri;
+use crate::connection::BrokerList;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use std::fmt;
@@ -233,8 +233,8 @@ pub const NAMEKO_KEYS: &[&str] = &[
 #[derive(Clone)]
 pub struct FileConfig {
     path: PathBuf,
-    /// `AMQP_URI`.
-    pub amqp_uri: Option<AmqpUri>,
+    /// `AMQP_URI`: one broker or a list.
+    pub amqp_uri: Option<BrokerList>,
     /// `max_workers` (0 means 10, as in nameko).
     pub max_workers: Option<usize>,
     /// `rpc_exchange`.
@@ -419,6 +419,30 @@ impl FileConfig {
         }
     }
 
+    /// `AMQP_URI` as the text `--amqp-uri` or the environment would give:
+    /// a string as it is, a YAML list joined by `;` (kombu's form), each
+    /// element's own `;` written `%3B` so that it stays in its element
+    /// (percent-decoding gives it back). Programs that take the URI as text
+    /// layer it with this; `None` when the key is absent or null.
+    pub fn amqp_uri_text(&self) -> Result<Option<String>, ConfigFileError> {
+        match self.values.get("AMQP_URI") {
+            Some(Value::Array(items)) => {
+                let texts = items
+                    .iter()
+                    .map(|item| {
+                        item.as_str()
+                            .map(|t| t.trim().replace(';', "%3B"))
+                            .ok_or_else(|| {
+                                self.wrong_type("AMQP_URI", "a list of URI strings", item)
+                            })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(Some(texts.join(";")))
+            }
+            _ => self.get_text("AMQP_URI"),
+        }
+    }
+
     /// A value deserialized as `T` (`None` when absent or null); a value of
     /// the wrong shape is an error naming the file and the key.
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, ConfigFileError> {
@@ -480,14 +504,25 @@ impl FileConfig {
         }
         match key {
             "AMQP_URI" => {
-                let text = value
-                    .as_str()
-                    .ok_or_else(|| self.wrong_type(key, "a URI string", value))?;
-                // AmqpUri's errors never contain the password.
-                let uri = text
-                    .parse::<AmqpUri>()
-                    .map_err(|e| self.invalid(key, e.to_string()))?;
-                self.amqp_uri = Some(uri);
+                // BrokerList's errors never contain a password.
+                let list = match value {
+                    Value::String(text) => text.parse::<BrokerList>(),
+                    Value::Array(items) => {
+                        let texts = items
+                            .iter()
+                            .map(|item| {
+                                item.as_str().ok_or_else(|| {
+                                    self.wrong_type(key, "a list of URI strings", item)
+                                })
+                            })
+                            .collect::<Result<Vec<_>, _>>()?;
+                        BrokerList::from_uris(&texts)
+                    }
+                    other => {
+                        return Err(self.wrong_type(key, "a URI string or a list of them", other))
+                    }
+                };
+                self.amqp_uri = Some(list.map_err(|e| self.invalid(key, e.to_string()))?);
             }
             "max_workers" => self.max_workers = Some(self.count(key, value)?),
             "parent_calls_tracked" => self.parent_calls_tracked = Some(self.count(key, value)?),
@@ -606,7 +641,7 @@ impl FileConfig {
             Some(Value::Object(m)) => !m.is_empty(),
             Some(_) => true,
         };
-        if wants_tls && self.amqp_uri.as_ref().is_some_and(|u| !u.is_tls()) {
+        if wants_tls && self.amqp_uri.as_ref().is_some_and(BrokerList::any_plain) {
             self.warn(
                 "AMQP_SSL",
                 WarningKind::Partial,

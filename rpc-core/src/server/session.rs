@@ -146,12 +146,17 @@ impl Consumption<'_> {
         let name = &self.def.name;
         let mut options = config.connect_options(format!("{name} service"));
         let mut backoff = connection::Backoff::new(&config.connect_retry);
+        // Where in the broker list the next connection attempt starts: the
+        // element after the one lost or refused, so a failing node is not
+        // tried first again (round-robin, as kombu fails over).
+        let mut start = 0;
         loop {
-            let conn = match connection::connect(&config.amqp_uri, &options, self.stop).await {
-                Ok(conn) => conn,
-                Err(ConnectError::Shutdown) => return Ok(Stopped::before_consuming(config)),
-                Err(e) => return Err(e.into()),
-            };
+            let (conn, broker) =
+                match connection::connect(&config.amqp_uri, start, &options, self.stop).await {
+                    Ok(connected) => connected,
+                    Err(ConnectError::Shutdown) => return Ok(Stopped::before_consuming(config)),
+                    Err(e) => return Err(e.into()),
+                };
             let setup = tokio::select! {
                 biased;
                 _ = self.stop.cancelled() => {
@@ -174,7 +179,13 @@ impl Consumption<'_> {
                             connection::SETUP_TIMEOUT
                         ),
                     };
-                    tracing::warn!(service = %name, error = %reason, "setting up the service failed; retrying");
+                    tracing::warn!(
+                        service = %name,
+                        broker = %config.amqp_uri.get(broker).endpoint(),
+                        error = %reason,
+                        "setting up the service failed; retrying with the next broker"
+                    );
+                    start = broker + 1;
                     connection::close_unless_stopped(&conn, "retrying", self.stop).await;
                     if !backoff.wait(self.stop).await {
                         return Ok(Stopped::before_consuming(config));
@@ -187,7 +198,8 @@ impl Consumption<'_> {
             tracing::info!(
                 service = %name,
                 event_handlers = self.def.event_handlers.len(),
-                broker = %config.amqp_uri.endpoint(),
+                broker = %config.amqp_uri.get(broker).endpoint(),
+                broker_index = broker,
                 max_workers = config.workers(),
                 "consuming"
             );
@@ -206,7 +218,14 @@ impl Consumption<'_> {
                 }
                 SessionEnd::Lost(reason) => {
                     gone.cancel();
-                    tracing::warn!(service = %name, reason = %reason, "lost the broker connection; reconnecting");
+                    tracing::warn!(
+                        service = %name,
+                        broker = %config.amqp_uri.get(broker).endpoint(),
+                        broker_index = broker,
+                        reason = %reason,
+                        "lost the broker connection; reconnecting to the next broker"
+                    );
+                    start = broker + 1;
                     self.status
                         .send_replace(ServiceStatus::Reconnecting(reason));
                     // connect_retry may give up on the first connection; a

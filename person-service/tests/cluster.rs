@@ -1,4 +1,5 @@
-//! Two person-service instances (the real binary) share one store and a
+//! Two person-service instances (the real binary) share one PostgreSQL
+//! database (created for the test, dropped at the end) and a
 //! 3-node RabbitMQ cluster of the test's own (test_support::cluster: all
 //! three nodes in AMQP_URI, quorum queues). Python nameko 2.14.1 clients
 //! (ClusterRpcProxy, 8 callers spread over the nodes) create people under
@@ -20,13 +21,16 @@
 mod helpers;
 
 use helpers::process::ServiceProcess;
-use helpers::{lost_and_duplicated, python_dir};
+use helpers::python_dir;
+use person_service::domain::Page;
+use person_service::store::{Database, Store, StoreOptions};
 use rpc_core::{Config, RpcProxy, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use test_support::cluster::Cluster;
+use test_support::postgres::TestDb;
 use test_support::unique_name;
 
 const CALLERS: usize = 8;
@@ -193,7 +197,9 @@ async fn two_instances_on_a_cluster_survive_a_node_kill_and_an_instance_kill() {
     let cluster = Cluster::start().await;
     let name = unique_name("person-cluster");
     let dir = tempfile::tempdir().expect("temp dir");
-    let db = dir.path().join("people.db");
+    let pg = TestDb::create().await;
+    let db_url = pg.url();
+    let db = Path::new(&db_url);
 
     // Queues live on the test's cluster, removed with it: no Cleanup.
     let mut config = Config::new(&cluster.kombu_uri_from(3)).expect("the URI list parses");
@@ -202,7 +208,7 @@ async fn two_instances_on_a_cluster_survive_a_node_kill_and_an_instance_kill() {
     let flags = ["--queue-type", "quorum"];
     let mut a = ServiceProcess::spawn_with(
         &name,
-        &db,
+        db,
         &dir.path().join("a.log"),
         &cluster.kombu_uri_from(1),
         &flags,
@@ -210,7 +216,7 @@ async fn two_instances_on_a_cluster_survive_a_node_kill_and_an_instance_kill() {
     a.wait_ready(&proxy).await;
     let mut b = ServiceProcess::spawn_with(
         &name,
-        &db,
+        db,
         &dir.path().join("b.log"),
         &cluster.kombu_uri_from(2),
         &flags,
@@ -313,11 +319,12 @@ async fn two_instances_on_a_cluster_survive_a_node_kill_and_an_instance_kill() {
         }
     }
     let failed = failed_markers.len();
-    let (lost, duplicated) = lost_and_duplicated(&db, &answered).await;
+    let (lost, duplicated, failed_but_stored) =
+        lost_and_duplicated(&db_url, &answered, &failed_markers).await;
     let (node_first, node_gap) = recovery(&outcomes, node_killed_at);
     let (inst_first, inst_gap) = recovery(&outcomes, instance_killed_at);
     println!(
-        "RELIABILITY scenario=cluster store=sqlite instances=2 nodes=3 queue=quorum callers={CALLERS} sent={} answered={} failed={failed} lost={lost} duplicated={duplicated} node_kill_first_answer_s={node_first:.2} node_kill_longest_gap_s={node_gap:.2} instance_a_reconnected_s={:.2} instance_kill_first_answer_s={inst_first:.2} instance_kill_longest_gap_s={inst_gap:.2}",
+        "RELIABILITY scenario=cluster store=postgres instances=2 nodes=3 queue=quorum callers={CALLERS} sent={} answered={} failed={failed} lost={lost} duplicated={duplicated} failed_but_stored={failed_but_stored} node_kill_first_answer_s={node_first:.2} node_kill_longest_gap_s={node_gap:.2} instance_a_reconnected_s={:.2} instance_kill_first_answer_s={inst_first:.2} instance_kill_longest_gap_s={inst_gap:.2}",
         answered.len() + failed,
         answered.len(),
         a_reconnected.as_secs_f64(),
@@ -336,6 +343,36 @@ async fn two_instances_on_a_cluster_survive_a_node_kill_and_an_instance_kill() {
     proxy.close().await;
     let _ = a.stop();
     drop(cluster);
+}
+
+/// Reads the store directly (the app's store code on the test's database):
+/// how many answered creates (marker → id) are not stored exactly once with
+/// the id answered, how many markers are stored more than once, and how
+/// many of the failed creates were stored all the same (a call that fails
+/// may or may not have been carried out).
+async fn lost_and_duplicated(
+    url: &str,
+    answered: &HashMap<String, i64>,
+    failed: &[String],
+) -> (usize, usize, usize) {
+    let store = Store::connect(&Database::parse(url), StoreOptions::default())
+        .await
+        .expect("the test database opens");
+    let rows = store.list(Page::default()).await.expect("list the people");
+    let mut by_marker: HashMap<&str, Vec<i64>> = HashMap::new();
+    for p in &rows {
+        by_marker.entry(p.last_name.as_str()).or_default().push(p.id);
+    }
+    let duplicated = by_marker.values().filter(|ids| ids.len() > 1).count();
+    let lost = answered
+        .iter()
+        .filter(|(m, id)| by_marker.get(m.as_str()) != Some(&vec![**id]))
+        .count();
+    let failed_but_stored = failed
+        .iter()
+        .filter(|m| by_marker.contains_key(m.as_str()))
+        .count();
+    (lost, duplicated, failed_but_stored)
 }
 
 fn read(path: &Path) -> String {

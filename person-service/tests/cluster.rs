@@ -13,10 +13,9 @@
 //! service answered again after each blow. It prints these figures on a
 //! `RELIABILITY scenario=cluster …` line.
 //!
-//! It runs a cluster of its own (three Erlang VMs) for about a minute and a
-//! half, so it is ignored in the normal run; `scripts/test` runs it as a
-//! step of its own: `cargo nextest run -p person-service --test cluster
-//! --run-ignored only`.
+//! It runs a cluster of its own (three Erlang VMs) and takes about a
+//! minute; .config/nextest.toml puts it in the `cluster` test group (one
+//! cluster test at a time) with a bound of its own.
 
 mod helpers;
 
@@ -169,6 +168,41 @@ async fn wait_for(what: &str, limit: Duration, load: &Load, mut cond: impl FnMut
     }
 }
 
+/// The caller of a marker `{run}-{caller}-{n}`.
+fn caller_of(marker: &str) -> Option<&str> {
+    let mut parts = marker.rsplitn(3, '-');
+    parts.next()?;
+    parts.next()
+}
+
+/// After a blow at `at` (epoch seconds): of the callers whose calls failed
+/// in the 20 s after it, the longest time from the blow to that caller's
+/// next answer (NaN when none failed).
+fn affected_callers_back(outcomes: &[Outcome], at: f64) -> f64 {
+    let mut last_error: HashMap<&str, f64> = HashMap::new();
+    for o in outcomes {
+        if let (Some(m), Some(_)) = (&o.marker, &o.err) {
+            if o.t > at && o.t < at + 20.0 {
+                if let Some(c) = caller_of(m) {
+                    let e = last_error.entry(c).or_insert(o.t);
+                    *e = e.max(o.t);
+                }
+            }
+        }
+    }
+    let mut worst = f64::NAN;
+    for (c, failed_at) in last_error {
+        let back = outcomes
+            .iter()
+            .filter(|o| o.id.is_some() && o.t > failed_at)
+            .filter(|o| o.marker.as_deref().and_then(caller_of) == Some(c))
+            .map(|o| o.t - at)
+            .fold(f64::INFINITY, f64::min);
+        worst = if worst.is_nan() { back } else { worst.max(back) };
+    }
+    worst
+}
+
 /// After a blow at `at` (epoch seconds): how long until the first create
 /// answered after it, and the longest time without an answer in the 20 s
 /// after it.
@@ -190,7 +224,6 @@ fn recovery(outcomes: &[Outcome], at: f64) -> (f64, f64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "runs a 3-node RabbitMQ cluster for about 90 s: scripts/test runs it as a step of its own"]
 async fn two_instances_on_a_cluster_survive_a_node_kill_and_an_instance_kill() {
     // Before the cluster: the venv may need building.
     let _ = test_support::python::python();
@@ -323,8 +356,10 @@ async fn two_instances_on_a_cluster_survive_a_node_kill_and_an_instance_kill() {
         lost_and_duplicated(&db_url, &answered, &failed_markers).await;
     let (node_first, node_gap) = recovery(&outcomes, node_killed_at);
     let (inst_first, inst_gap) = recovery(&outcomes, instance_killed_at);
+    let node_callers_back = affected_callers_back(&outcomes, node_killed_at);
+    let inst_callers_back = affected_callers_back(&outcomes, instance_killed_at);
     println!(
-        "RELIABILITY scenario=cluster store=postgres instances=2 nodes=3 queue=quorum callers={CALLERS} sent={} answered={} failed={failed} lost={lost} duplicated={duplicated} failed_but_stored={failed_but_stored} node_kill_first_answer_s={node_first:.2} node_kill_longest_gap_s={node_gap:.2} instance_a_reconnected_s={:.2} instance_kill_first_answer_s={inst_first:.2} instance_kill_longest_gap_s={inst_gap:.2}",
+        "RELIABILITY scenario=cluster store=postgres instances=2 nodes=3 queue=quorum callers={CALLERS} sent={} answered={} failed={failed} lost={lost} duplicated={duplicated} failed_but_stored={failed_but_stored} node_kill_first_answer_s={node_first:.2} node_kill_longest_gap_s={node_gap:.2} node_kill_failed_callers_back_s={node_callers_back:.2} instance_a_reconnected_s={:.2} instance_kill_first_answer_s={inst_first:.2} instance_kill_longest_gap_s={inst_gap:.2} instance_kill_failed_callers_back_s={inst_callers_back:.2}",
         answered.len() + failed,
         answered.len(),
         a_reconnected.as_secs_f64(),
@@ -335,6 +370,10 @@ async fn two_instances_on_a_cluster_survive_a_node_kill_and_an_instance_kill() {
     assert!(
         failed <= HANDFUL,
         "{failed} calls failed (at most {HANDFUL} expected): {errors:?}"
+    );
+    assert!(
+        !(node_callers_back > 30.0 || inst_callers_back > 30.0),
+        "callers whose calls failed were answered again only after {node_callers_back:.1} s (node kill), {inst_callers_back:.1} s (instance kill)"
     );
     assert!(
         node_gap < 30.0 && inst_gap < 30.0,

@@ -64,7 +64,12 @@ fn parse(line: &str) -> Option<Outcome> {
         err: v["err"].as_str().map(|e| {
             format!(
                 "{e}: {}",
-                v["msg"].as_str().unwrap_or("").chars().take(80).collect::<String>()
+                v["msg"]
+                    .as_str()
+                    .unwrap_or("")
+                    .chars()
+                    .take(80)
+                    .collect::<String>()
             )
         }),
         connect_err: v["connect_err"].as_str().map(str::to_owned),
@@ -198,7 +203,11 @@ fn affected_callers_back(outcomes: &[Outcome], at: f64) -> f64 {
             .filter(|o| o.marker.as_deref().and_then(caller_of) == Some(c))
             .map(|o| o.t - at)
             .fold(f64::INFINITY, f64::min);
-        worst = if worst.is_nan() { back } else { worst.max(back) };
+        worst = if worst.is_nan() {
+            back
+        } else {
+            worst.max(back)
+        };
     }
     worst
 }
@@ -258,8 +267,15 @@ async fn two_instances_on_a_cluster_survive_a_node_kill_and_an_instance_kill() {
     // answered, so B's connection is looked at instead.
     let deadline = Instant::now() + Duration::from_secs(30);
     while cluster.nodes_connected_from(b.pid()).is_empty() {
-        assert!(b.is_running(), "instance B exited; its log:\n{}", read(&dir.path().join("b.log")));
-        assert!(Instant::now() < deadline, "instance B did not connect within 30 s");
+        assert!(
+            b.is_running(),
+            "instance B exited; its log:\n{}",
+            read(&dir.path().join("b.log"))
+        );
+        assert!(
+            Instant::now() < deadline,
+            "instance B did not connect within 30 s"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     a.wait_ready(&proxy).await;
@@ -271,7 +287,10 @@ async fn two_instances_on_a_cluster_survive_a_node_kill_and_an_instance_kill() {
         .lines()
         .find(|l| l.starts_with(&format!("rpc-{name}\t")) || l.starts_with(&format!("rpc-{name} ")))
         .unwrap_or_else(|| panic!("no rpc-{name} queue on the cluster:\n{queues}"));
-    assert!(queue_line.contains("quorum"), "not a quorum queue: {queue_line}");
+    assert!(
+        queue_line.contains("quorum"),
+        "not a quorum queue: {queue_line}"
+    );
 
     let a_nodes = cluster.nodes_connected_from(a.pid());
     let b_nodes = cluster.nodes_connected_from(b.pid());
@@ -281,9 +300,12 @@ async fn two_instances_on_a_cluster_survive_a_node_kill_and_an_instance_kill() {
     eprintln!("A on nodes {a_nodes:?}, B on {b_nodes:?}; queue {queue_line}");
 
     let mut load = Load::start(dir.path(), &cluster.kombu_uri(), &name);
-    wait_for("300 creates answered", Duration::from_secs(60), &load, || {
-        load.answered() >= 300
-    })
+    wait_for(
+        "300 creates answered",
+        Duration::from_secs(60),
+        &load,
+        || load.answered() >= 300,
+    )
     .await;
 
     // Blow 1: the broker node instance A is connected to dies.
@@ -297,7 +319,11 @@ async fn two_instances_on_a_cluster_survive_a_node_kill_and_an_instance_kill() {
         if !now_on.is_empty() && !now_on.contains(&victim) {
             break t.elapsed();
         }
-        assert!(a.is_running(), "instance A exited after the node kill; its log:\n{}", read(&dir.path().join("a.log")));
+        assert!(
+            a.is_running(),
+            "instance A exited after the node kill; its log:\n{}",
+            read(&dir.path().join("a.log"))
+        );
         assert!(
             Instant::now() < deadline,
             "instance A did not reconnect to another node within 60 s; its log:\n{}",
@@ -366,7 +392,11 @@ async fn two_instances_on_a_cluster_survive_a_node_kill_and_an_instance_kill() {
     );
     println!("errors by type: {errors:?}; proxy set-up errors: {connect_errors:?}");
 
-    assert_eq!((lost, duplicated), (0, 0), "answered creates not stored exactly once, or stored twice");
+    assert_eq!(
+        (lost, duplicated),
+        (0, 0),
+        "answered creates not stored exactly once, or stored twice"
+    );
     assert!(
         failed <= HANDFUL,
         "{failed} calls failed (at most {HANDFUL} expected): {errors:?}"
@@ -400,7 +430,10 @@ async fn lost_and_duplicated(
     let rows = store.list(Page::default()).await.expect("list the people");
     let mut by_marker: HashMap<&str, Vec<i64>> = HashMap::new();
     for p in &rows {
-        by_marker.entry(p.last_name.as_str()).or_default().push(p.id);
+        by_marker
+            .entry(p.last_name.as_str())
+            .or_default()
+            .push(p.id);
     }
     let duplicated = by_marker.values().filter(|ids| ids.len() > 1).count();
     let lost = answered

@@ -137,10 +137,20 @@ async fn a_service_fails_over_to_another_node_when_its_node_is_killed() {
             }
         }));
     }
-    let count_ok = |calls: &Mutex<Vec<Call>>| calls.lock().unwrap().iter().filter(|c| c.result.is_ok()).count();
+    let count_ok = |calls: &Mutex<Vec<Call>>| {
+        calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c.result.is_ok())
+            .count()
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
     while count_ok(&calls) < 20 {
-        assert!(Instant::now() < deadline, "20 calls did not succeed within 30 s");
+        assert!(
+            Instant::now() < deadline,
+            "20 calls did not succeed within 30 s"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
@@ -162,7 +172,14 @@ async fn a_service_fails_over_to_another_node_when_its_node_is_killed() {
         assert!(
             Instant::now() < deadline,
             "no call succeeded within 30 s of the node kill: {:?}",
-            calls.lock().unwrap().iter().rev().take(5).map(|c| &c.result).collect::<Vec<_>>()
+            calls
+                .lock()
+                .unwrap()
+                .iter()
+                .rev()
+                .take(5)
+                .map(|c| &c.result)
+                .collect::<Vec<_>>()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
@@ -204,7 +221,11 @@ async fn a_service_fails_over_to_another_node_when_its_node_is_killed() {
         .iter()
         .filter(|c| c.started < killed && c.ended >= killed - Duration::from_millis(100))
         .collect();
-    let in_flight_failed: Vec<&Call> = in_flight.iter().copied().filter(|c| c.result.is_err()).collect();
+    let in_flight_failed: Vec<&Call> = in_flight
+        .iter()
+        .copied()
+        .filter(|c| c.result.is_err())
+        .collect();
     let slowest_failure = in_flight_failed
         .iter()
         .map(|c| c.ended.saturating_duration_since(killed))
@@ -231,15 +252,19 @@ async fn a_service_fails_over_to_another_node_when_its_node_is_killed() {
         "RELIABILITY scenario=cluster-node-kill queue=classic answered_within_6s={classic_answered} errors={classic_errors:?}"
     );
 
-    assert!(!now_on.is_empty() && !now_on.contains(&1), "still on {now_on:?}");
-    assert!(service_back.is_some(), "the quorum service did not consume again");
     assert!(
-        in_flight.iter().all(|c| match &c.result {
-            Ok(()) => true,
-            Err(CallError::ConnectionLost { .. }) => true,
-            Err(e) => panic!("a call in flight failed unclearly: {e}"),
-        }),
+        !now_on.is_empty() && !now_on.contains(&1),
+        "still on {now_on:?}"
     );
+    assert!(
+        service_back.is_some(),
+        "the quorum service did not consume again"
+    );
+    assert!(in_flight.iter().all(|c| match &c.result {
+        Ok(()) => true,
+        Err(CallError::ConnectionLost { .. }) => true,
+        Err(e) => panic!("a call in flight failed unclearly: {e}"),
+    }),);
     assert!(
         slowest_failure < Duration::from_secs(3),
         "calls in flight took {slowest_failure:?} to fail (their timeout is 10 s)"

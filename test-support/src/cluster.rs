@@ -71,8 +71,7 @@ impl Cluster {
             script.display()
         );
         assert!(
-            Path::new("/usr/lib/rabbitmq/bin/rabbitmq-server").exists()
-                || which("rabbitmq-server"),
+            Path::new("/usr/lib/rabbitmq/bin/rabbitmq-server").exists() || which("rabbitmq-server"),
             "rabbitmq-server is not installed: the cluster tests run a 3-node RabbitMQ cluster on \
              this machine (Debian: apt-get install rabbitmq-server)"
         );
@@ -160,9 +159,7 @@ impl Cluster {
 
     /// Starts the nodes that are not running (a killed node rejoins).
     pub async fn restart_stopped(&self) {
-        let (ok, out) = self
-            .script_bounded(&["start"], CLUSTER_START_BOUND)
-            .await;
+        let (ok, out) = self.script_bounded(&["start"], CLUSTER_START_BOUND).await;
         assert!(ok, "scripts/rabbitmq-cluster start failed:\n{out}");
     }
 
@@ -272,9 +269,8 @@ impl Drop for Cluster {
 }
 
 fn which(program: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|dir| dir.join(program).is_file())
-    })
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }
 
 /// A base port whose three AMQP ports and three distribution ports are free:

@@ -204,6 +204,11 @@ struct RunArgs {
     /// row); then start anyway, with a warning.
     #[arg(long, default_value_t = 0.0, value_name = "SECS")]
     wait_quiet: f64,
+    /// Run person-service on PostgreSQL: the server's URL without a
+    /// database (e.g. postgres://postgres@127.0.0.1:5432). Each target gets
+    /// a database of its own, dropped afterwards. Default: SQLite files.
+    #[arg(long, value_name = "URL", hide_env_values = true)]
+    pg_url: Option<String>,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -232,6 +237,11 @@ struct Plan {
     service_log: String,
     service_env: Vec<(String, String)>,
     wait_quiet_s: f64,
+    /// The person-service store: "sqlite", or the PostgreSQL server
+    /// (password masked).
+    store: String,
+    #[serde(skip)]
+    pg_url: Option<String>,
     #[serde(skip)]
     amqp_uri: String,
     #[serde(skip)]
@@ -365,6 +375,16 @@ fn plan(args: &RunArgs) -> Result<Plan, String> {
             })
             .collect::<Result<_, _>>()?,
         wait_quiet_s: secs(args.wait_quiet, "--wait-quiet")?,
+        store: args.pg_url.as_deref().map_or_else(
+            || "sqlite".to_owned(),
+            |u| {
+                format!(
+                    "postgres {}",
+                    person_service::store::Database::parse(u).redacted()
+                )
+            },
+        ),
+        pg_url: args.pg_url.clone(),
         amqp_uri: args.amqp_uri.clone(),
         host,
     })
@@ -558,7 +578,24 @@ impl Bench<'_> {
         let log = self.dir.path().join(format!("{name}.log"));
         let db = self.dir.path().join(format!("{name}.db"));
         let rows = server.rows();
-        if !matches!(server, Server::Echo { .. }) {
+        // On PostgreSQL the person-service target's database is its own,
+        // dropped when this returns.
+        let pg = match (&plan.pg_url, server) {
+            (Some(pg), Server::Person { .. }) => {
+                let started = std::time::Instant::now();
+                let pg = seed::pg_create_db(pg, name, rows).await?;
+                eprintln!(
+                    "  seeded {rows} rows (PostgreSQL) in {:.1} s",
+                    started.elapsed().as_secs_f64()
+                );
+                Some(pg)
+            }
+            _ => None,
+        };
+        let db_arg = pg
+            .as_ref()
+            .map_or_else(|| db.to_string_lossy().into_owned(), seed::PgDb::url);
+        if !matches!(server, Server::Echo { .. }) && pg.is_none() {
             let path = db.clone();
             let started = std::time::Instant::now();
             tokio::task::spawn_blocking(move || seed::create_db(&path, rows))
@@ -597,7 +634,7 @@ impl Bench<'_> {
                     &plan.host,
                     &PersonSpec {
                         amqp_uri: &with_frame_max(&plan.amqp_uri, *frame_max),
-                        db: &db,
+                        db: &db_arg,
                         name,
                         max_workers: *max_workers,
                         prefetch: *prefetch,
@@ -673,6 +710,8 @@ impl Bench<'_> {
             || !phases.iter().any(|(w, _, _)| *w == Workload::Create)
         {
             None
+        } else if let Some(pg) = &pg {
+            Some((rows, creates, seed::pg_count(&pg.url()).await?))
         } else {
             let path = db.clone();
             let found = tokio::task::spawn_blocking(move || seed::count(&path))
@@ -1016,8 +1055,8 @@ fn print_report(plan: &Plan, machine: &Machine, results: &Results) {
         report::fmt_opt(procstat::load_average(), 2)
     );
     println!(
-        "person-service: {} | max_workers {}, prefetch {} | {} seeded rows | warm-up {} s, window {} s or {} calls per phase",
-        plan.person_host, plan.max_workers, plan.prefetch, plan.seed_rows, plan.warmup_s, plan.window_s, plan.max_calls
+        "person-service: {} | store {} | max_workers {}, prefetch {} | {} seeded rows | warm-up {} s, window {} s or {} calls per phase",
+        plan.person_host, plan.store, plan.max_workers, plan.prefetch, plan.seed_rows, plan.warmup_s, plan.window_s, plan.max_calls
     );
     if !plan.service_env.is_empty() || plan.service_log != "info" {
         println!(

@@ -170,8 +170,8 @@ pub fn default_person_binary() -> Option<PathBuf> {
 pub struct PersonSpec<'a> {
     /// Broker.
     pub amqp_uri: &'a str,
-    /// Database file.
-    pub db: &'a Path,
+    /// Database: a SQLite file or a PostgreSQL URL.
+    pub db: &'a str,
     /// Service name (queue `rpc-{name}`).
     pub name: &'a str,
     /// `--max-workers`.
@@ -192,7 +192,7 @@ pub fn person_service(
     spec: &PersonSpec<'_>,
     log: PathBuf,
 ) -> Result<Proc, String> {
-    let db = spec.db.to_string_lossy().into_owned();
+    let db = spec.db;
     let workers = spec.max_workers.to_string();
     let prefetch = spec.prefetch.to_string();
     let common = [
@@ -201,7 +201,7 @@ pub fn person_service(
         "--amqp-uri",
         spec.amqp_uri,
         "--db",
-        &db,
+        db,
         "--service-name",
         spec.name,
         "--max-workers",

@@ -48,7 +48,14 @@ impl Application {
         // Flags, environment and config file, layered by Settings.
         let config = settings.rpc_config().map_err(AppError::Settings)?;
         let store = Store::connect(&settings.db, settings.store_options()).await?;
-        tracing::info!(db = %settings.db, kind = settings.db.kind(), service = %settings.service_name, "store ready");
+        tracing::info!(
+            db = %settings.db,
+            kind = settings.db.kind(),
+            pool_size = settings.db_pool_size,
+            statement_timeout_s = settings.db_statement_timeout.as_secs_f64(),
+            service = %settings.service_name,
+            "store ready"
+        );
         Ok(Application {
             settings,
             config,

@@ -1,10 +1,13 @@
 //! person-service: a database of people (first name, last name, age, club
-//! member) served over nameko-compatible RPC, stored in SQLite.
+//! member) served over nameko-compatible RPC, stored in SQLite (one host) or
+//! PostgreSQL (several instances on one database).
 //!
 //! # Modules
 //! * [`domain`]: people and their validation rules, shared by every face.
-//! * [`store`]: SQLite, off the async executor: one writer thread with
-//!   group commit, a pool of readers, WAL, durable commits.
+//! * [`store`]: one interface over two backends. SQLite, off the async
+//!   executor: one writer thread with group commit, a pool of readers, WAL,
+//!   durable commits. PostgreSQL: pooled connections, a transaction per
+//!   write, the outbox shared by `FOR UPDATE SKIP LOCKED`.
 //! * [`people`]: the operations both faces share, and what each change
 //!   leaves behind (its event, its request record).
 //! * [`outbox`]: the relay that publishes committed events.

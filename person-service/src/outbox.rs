@@ -81,23 +81,24 @@ async fn drain(
     stop: &CancellationToken,
 ) -> Result<(), String> {
     loop {
-        let claim = store
-            .claim_outbox(BATCH)
-            .await
-            .map_err(|e| e.to_string())?;
+        let claim = store.claim_outbox(BATCH).await.map_err(|e| e.to_string())?;
         if claim.is_empty() {
             return Ok(());
         }
         let d = match dispatcher {
             Some(d) => d.clone(),
             None => {
+                // Not while holding the claim: on PostgreSQL it is an open
+                // transaction with row locks, and connecting may wait out
+                // a broker outage.
+                claim.finish(0).await.map_err(|e| e.to_string())?;
                 let connect = EventDispatcher::connect(config.clone());
                 let d = tokio::select! {
                     _ = stop.cancelled() => return Err("stopping".into()),
                     d = connect => d.map_err(|e| e.to_string())?,
                 };
-                *dispatcher = Some(d.clone());
-                d
+                *dispatcher = Some(d);
+                continue;
             }
         };
         let events: Vec<OutgoingEvent> = claim

@@ -6,10 +6,10 @@
 //! works as is, and may also carry this service's own keys, named like the
 //! environment variables ([`FILE_KEYS`]).
 
+use crate::store::{Database, StoreOptions, DEFAULT_POOL_SIZE};
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
 use rpc_core::config_file::{ConfigFileError, FileConfig};
-use crate::store::{Database, StoreOptions, DEFAULT_POOL_SIZE};
 use std::ffi::OsString;
 use std::path::PathBuf;
 
@@ -58,10 +58,10 @@ pub const FILE_KEYS: &[&str] = &[
 #[command(
     name = "person-service",
     version,
-    about = "A database of people served over nameko-compatible RPC on RabbitMQ, stored in SQLite.",
+    about = "A database of people served over nameko-compatible RPC on RabbitMQ, stored in SQLite or PostgreSQL.",
     after_help = "Settings come from the first of: flag, environment, --config file, default.\n\
 \n\
-Examples:\n  person-service\n  person-service --http 127.0.0.1:8000\n  person-service --config config.yaml\n  person-service --amqp-uri amqp://app:$RABBIT_PASSWORD@rabbit:5672/%2f --db /data/person.db\n  AMQP_URI=pyamqp://rabbit person-service --service-name person-staging"
+Examples:\n  person-service\n  person-service --http 127.0.0.1:8000\n  person-service --config config.yaml\n  person-service --amqp-uri amqp://app:$RABBIT_PASSWORD@rabbit:5672/%2f --db /data/person.db\n  PERSON_DB=postgres://person:$PG_PASSWORD@db:5432/person person-service\n  AMQP_URI=pyamqp://rabbit person-service --service-name person-staging"
 )]
 pub struct Settings {
     /// A nameko config file (YAML, with ${VAR:default} substitution):
@@ -155,7 +155,9 @@ pub struct Settings {
 fn parse_pool_size(text: &str) -> Result<usize, String> {
     match text.trim().parse::<usize>() {
         Ok(n) if n > 0 => Ok(n),
-        _ => Err(format!("`{text}` is not a number of connections (1 or more)")),
+        _ => Err(format!(
+            "`{text}` is not a number of connections (1 or more)"
+        )),
     }
 }
 

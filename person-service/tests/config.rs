@@ -310,6 +310,45 @@ fn flag_over_env_over_file_over_default() {
     }
 }
 
+/// The database settings layer the same way; the "store ready" line shows
+/// them.
+#[test]
+fn the_database_settings_layer_like_the_others() {
+    let uri = test_support::require_broker();
+    let name = unique_name("person-dbset");
+    let _cleanup = Cleanup::new().service(&name);
+    let file_keys = "PERSON_DB_POOL_SIZE: 3\nPERSON_DB_STATEMENT_TIMEOUT: 7\n";
+    let env = [
+        ("PERSON_DB_POOL_SIZE", "4"),
+        ("PERSON_DB_STATEMENT_TIMEOUT", "8"),
+    ];
+    let flags = ["--db-pool-size", "5", "--db-statement-timeout", "9.5"];
+    // File keys, environment, flags; the pool size and timeout wanted.
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a [&'a str], u64, f64);
+    let cases: [Case; 4] = [
+        ("", &[], &[], 16, 5.0),
+        (file_keys, &[], &[], 3, 7.0),
+        (file_keys, &env, &[], 4, 8.0),
+        (file_keys, &env, &flags, 5, 9.5),
+    ];
+    for (keys, env, flags, pool, timeout) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_config(
+            dir.path(),
+            &format!("AMQP_URI: {uri}\nLOG_FORMAT: json\nSERVICE_NAME: {name}\n{keys}"),
+        );
+        let mut args = vec!["--config", path.to_str().unwrap()];
+        args.extend(flags.iter().copied());
+        let mut running = Running::start(&args, env, dir.path());
+        let line = running.wait_for("store ready", |v| message_is(v, "store ready"));
+        assert_eq!(line["pool_size"], pool, "{line}");
+        assert_eq!(line["statement_timeout_s"], timeout, "{line}");
+        // Stopped once it runs (its signal handler is installed by then).
+        running.wait_for("consuming", |v| message_is(v, "consuming"));
+        assert!(running.stop().success());
+    }
+}
+
 /// rpc_exchange has no flag: it comes from the file, and a caller must use
 /// the same exchange to reach the service.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -82,9 +82,13 @@ async fn crud_and_a_write_replayed_to_another_instance() {
         .unwrap()
         .as_i64()
         .unwrap();
-    let page = call(&a, "list", Args::new().kwarg("limit", 1).kwarg("after_id", id))
-        .await
-        .unwrap();
+    let page = call(
+        &a,
+        "list",
+        Args::new().kwarg("limit", 1).kwarg("after_id", id),
+    )
+    .await
+    .unwrap();
     assert_eq!(page.as_array().map(Vec::len), Some(1));
     assert_eq!(page[0]["id"], id2);
     call(&b, "delete", Args::new().arg(id2)).await.unwrap();
@@ -104,7 +108,11 @@ async fn crud_and_a_write_replayed_to_another_instance() {
         .await;
     let again = raw.reply().await;
     assert_eq!(again.correlation_id.as_deref(), Some("pg-replay-1"));
-    assert_eq!(ok(again), first, "the other instance replays the first answer");
+    assert_eq!(
+        ok(again),
+        first,
+        "the other instance replays the first answer"
+    );
     let all = call(&b, "list", Args::new()).await.unwrap();
     let hoppers = all
         .as_array()
@@ -276,9 +284,25 @@ async fn a_postgres_restart_fails_calls_meanwhile_and_the_service_recovers() {
         Err(CallError::Remote(e)) => assert_eq!(e.exc_type, "StorageError", "{e:?}"),
         other => panic!("expected StorageError, got {other:?}"),
     }
+    // Over HTTP too: the storage error (500, code storage_error), at once.
+    // (Sent with a bare client: the test helper treats any 500 as a bug.)
+    let addr = app.http_addr().expect("HTTP on");
+    let reply = reqwest::Client::new()
+        .post(format!("http://{addr}/person"))
+        .json(&serde_json::json!({"first_name": "Http", "last_name": "During", "age": 1}))
+        .send()
+        .within(Duration::from_secs(20), "an HTTP create during the outage")
+        .await
+        .expect("an HTTP answer");
+    assert_eq!(reply.status().as_u16(), 500);
+    let body: Value = reply.json().await.expect("a JSON error");
+    assert_eq!(body["error"]["code"], "storage_error", "{body}");
     let health = http.get("/healthz").await;
     assert_eq!(health.status, 503, "{}", health.text);
-    let reason = health.body["reason"].as_str().unwrap_or_default().to_owned();
+    let reason = health.body["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     assert!(reason.contains("PostgreSQL"), "{reason}");
     assert!(!reason.contains("password"), "{reason}");
 
@@ -304,7 +328,10 @@ async fn a_postgres_restart_fails_calls_meanwhile_and_the_service_recovers() {
             }
         }
     }
-    .within(Duration::from_secs(30), "a create to succeed after the restart")
+    .within(
+        Duration::from_secs(30),
+        "a create to succeed after the restart",
+    )
     .await;
     let recovery = resumed.elapsed();
     assert!(recovered.as_i64().is_some());

@@ -1,6 +1,7 @@
 //! The broker password never shows: not in `--help` (even when AMQP_URI is
 //! set in the environment), not in logs while the broker is unreachable,
-//! not in errors when the broker refuses the credentials.
+//! not in errors when the broker refuses the credentials. Nor does the
+//! PostgreSQL password of `--db`.
 
 use std::io::Read;
 use std::process::{Command, Stdio};
@@ -111,4 +112,39 @@ fn refused_credentials_are_reported_without_the_password() {
         "says why:\n{out}"
     );
     assert!(!out.contains(SECRET), "{out}");
+}
+
+/// The database password never shows either: not in `--help` with
+/// PERSON_DB set, not in the start-up error when PostgreSQL cannot be
+/// reached, not in the log line naming the store.
+#[test]
+fn a_postgres_password_never_shows() {
+    let url = format!("postgres://app:{SECRET}@127.0.0.1:1/person");
+    let out = bin().arg("--help").env("PERSON_DB", &url).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("--db"), "{text}");
+    assert!(!text.contains(SECRET), "{text}");
+
+    // Nothing listens on port 1: the store cannot open, and says so.
+    let out = bin()
+        .args([
+            "--service-name",
+            &test_support::unique_name("person-secret"),
+        ])
+        .args(["--db", &url, "--db-statement-timeout", "2"])
+        .env("AMQP_URI", "amqp://127.0.0.1:1/%2f")
+        .env("RUST_LOG", "debug")
+        .output()
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{all}");
+    assert!(
+        all.contains("postgres://app:***@127.0.0.1:1/person"),
+        "{all}"
+    );
+    assert!(!all.contains(SECRET), "{all}");
 }

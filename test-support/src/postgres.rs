@@ -12,7 +12,8 @@ use tokio_postgres::NoTls;
 /// The shared server's URL, without a database: `PERSON_TEST_PG`, or the
 /// local server as user postgres (trust authentication).
 pub fn server_url() -> String {
-    std::env::var("PERSON_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
+    std::env::var("PERSON_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
 }
 
 /// Runs `sql` on the `postgres` database of the server at `server`.
@@ -139,7 +140,17 @@ impl PrivateServer {
         let server = PrivateServer { dir, port };
         as_postgres(
             "initdb",
-            &["-D", &server.data(), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"],
+            &[
+                "-D",
+                &server.data(),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
         );
         server.resume();
         server
@@ -164,13 +175,27 @@ impl PrivateServer {
         let log = self.dir.join("server.log").to_string_lossy().into_owned();
         as_postgres(
             "pg_ctl",
-            &["-D", &self.data(), "-o", &opts, "-l", &log, "-w", "-t", "60", "start"],
+            &[
+                "-D",
+                &self.data(),
+                "-o",
+                &opts,
+                "-l",
+                &log,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
         );
     }
 
     /// Stops it (fast: open sessions are ended), waiting until it is down.
     pub fn stop(&self) {
-        as_postgres("pg_ctl", &["-D", &self.data(), "-m", "fast", "-w", "-t", "60", "stop"]);
+        as_postgres(
+            "pg_ctl",
+            &["-D", &self.data(), "-m", "fast", "-w", "-t", "60", "stop"],
+        );
     }
 
     /// Waits until nothing accepts connections on its port.

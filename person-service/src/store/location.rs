@@ -158,7 +158,10 @@ mod tests {
             Database::parse("person.db"),
             Database::Sqlite(p) if p == std::path::Path::new("person.db")
         ));
-        assert!(matches!(Database::parse("/x/postgres.db"), Database::Sqlite(_)));
+        assert!(matches!(
+            Database::parse("/x/postgres.db"),
+            Database::Sqlite(_)
+        ));
         assert!(matches!(
             Database::parse("postgres://h/db"),
             Database::Postgres(_)
@@ -172,10 +175,19 @@ mod tests {
     #[test]
     fn passwords_never_show() {
         let cases = [
-            ("postgres://u:s3cret@h:5432/db", "postgres://u:***@h:5432/db"),
-            ("postgres://u:p%40ss@h/db?sslmode=disable", "postgres://u:***@h/db?sslmode=disable"),
+            (
+                "postgres://u:s3cret@h:5432/db",
+                "postgres://u:***@h:5432/db",
+            ),
+            (
+                "postgres://u:p%40ss@h/db?sslmode=disable",
+                "postgres://u:***@h/db?sslmode=disable",
+            ),
             ("postgresql://u@h/db", "postgresql://u@h/db"),
-            ("postgres://h/db?user=u&password=s3cret", "postgres://h/db?user=u&password=***"),
+            (
+                "postgres://h/db?user=u&password=s3cret",
+                "postgres://h/db?user=u&password=***",
+            ),
             ("postgres://u:a@b@h/db", "postgres://u:***@h/db"),
         ];
         for (url, want) in cases {
@@ -183,7 +195,10 @@ mod tests {
             assert_eq!(db.redacted(), want);
             assert_eq!(db.to_string(), want);
             let debug = format!("{db:?}");
-            assert!(!debug.contains("s3cret") && !debug.contains("p%40ss"), "{debug}");
+            assert!(
+                !debug.contains("s3cret") && !debug.contains("p%40ss"),
+                "{debug}"
+            );
         }
     }
 }

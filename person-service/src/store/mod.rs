@@ -412,7 +412,7 @@ pub struct OutboxClaim {
 
 enum ClaimInner {
     Sqlite(sqlite::SqliteStore),
-    Postgres(postgres::PgClaim),
+    Postgres(Box<postgres::PgClaim>),
     Empty,
 }
 
@@ -430,12 +430,7 @@ impl OutboxClaim {
     /// Removes the first `published` events (those the broker confirmed)
     /// and releases the rest for a later attempt.
     pub async fn finish(self, published: usize) -> Result<(), DomainError> {
-        let ids: Vec<i64> = self
-            .events
-            .iter()
-            .take(published)
-            .map(|e| e.id)
-            .collect();
+        let ids: Vec<i64> = self.events.iter().take(published).map(|e| e.id).collect();
         match self.inner {
             ClaimInner::Sqlite(s) => s.finish_claim(ids).await,
             ClaimInner::Postgres(claim) => claim.finish(ids).await,

@@ -37,7 +37,7 @@ use tokio_postgres::{NoTls, Row};
 
 /// The advisory lock migrations hold ("person" in ASCII): any constant
 /// works as long as every instance uses the same one.
-const MIGRATION_LOCK: i64 = 0x0070_6572_736f_6e;
+const MIGRATION_LOCK: i64 = 0x0000_7065_7273_6f6e;
 /// How often expired request records are removed.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
@@ -103,7 +103,10 @@ impl From<tokio_postgres::Error> for WriteError {
 
 impl PgStore {
     /// Builds the pool and migrates the database.
-    pub(crate) async fn connect(url: &PostgresUrl, options: StoreOptions) -> Result<PgStore, StoreError> {
+    pub(crate) async fn connect(
+        url: &PostgresUrl,
+        options: StoreOptions,
+    ) -> Result<PgStore, StoreError> {
         let fail = |reason: String| StoreError::Postgres {
             url: url.redacted().to_owned(),
             reason,
@@ -232,21 +235,24 @@ impl PgStore {
         }
         .await;
         match result {
-            Ok(row) => row.map(|r| person_from_row(&r)).transpose().map_err(|e| self.failed(client, &e, "read")),
+            Ok(row) => row
+                .map(|r| person_from_row(&r))
+                .transpose()
+                .map_err(|e| self.failed(client, &e, "read")),
             Err(e) => Err(self.failed(client, &e, "read")),
         }
     }
 
     pub(crate) async fn list(&self, page: Page) -> Result<Vec<Person>, DomainError> {
         let client = self.client().await?;
-        let sql = format!(
-            "SELECT {PERSON_COLUMNS} FROM person WHERE id > $1 ORDER BY id LIMIT $2"
-        );
+        let sql = format!("SELECT {PERSON_COLUMNS} FROM person WHERE id > $1 ORDER BY id LIMIT $2");
         let limit: Option<i64> = page.limit.map(i64::from);
         let result = async {
             let stmt = client.prepare_cached(&sql).await?;
             let rows = client.query(&stmt, &[&page.after_id, &limit]).await?;
-            rows.iter().map(person_from_row).collect::<Result<Vec<_>, _>>()
+            rows.iter()
+                .map(person_from_row)
+                .collect::<Result<Vec<_>, _>>()
         }
         .await;
         result.map_err(|e| self.failed(client, &e, "read"))
@@ -331,7 +337,11 @@ impl PgStore {
                 return Err(DomainError::Storage);
             }
         };
-        let events = match rows.iter().map(event_from_row).collect::<Result<Vec<_>, _>>() {
+        let events = match rows
+            .iter()
+            .map(event_from_row)
+            .collect::<Result<Vec<_>, _>>()
+        {
             Ok(events) => events,
             Err(e) => {
                 drop(Object::take(client));
@@ -349,10 +359,10 @@ impl PgStore {
         }
         Ok(OutboxClaim {
             events,
-            inner: ClaimInner::Postgres(PgClaim {
+            inner: ClaimInner::Postgres(Box::new(PgClaim {
                 client: Some(client),
                 store: self.clone(),
-            }),
+            })),
         })
     }
 
@@ -473,8 +483,11 @@ async fn write_on(
                      VALUES ($1, $2, $3, $4, $5)",
                 )
                 .await?;
-            tx.execute(&insert, &[&event_type, &payload.to_string(), &stack, &data, &now])
-                .await?;
+            tx.execute(
+                &insert,
+                &[&event_type, &payload.to_string(), &stack, &data, &now],
+            )
+            .await?;
             emitted = true;
         }
     }
@@ -527,10 +540,7 @@ async fn apply(
                 ))
                 .await?;
             let row = tx
-                .query_opt(
-                    &stmt,
-                    &[id, &c.first_name, &c.last_name, &c.age, &c.member],
-                )
+                .query_opt(&stmt, &[id, &c.first_name, &c.last_name, &c.age, &c.member])
                 .await?;
             Ok(match row {
                 Some(row) => Ok(Written::Person(person_from_row(&row)?)),
@@ -538,7 +548,9 @@ async fn apply(
             })
         }
         WriteOp::Delete(id) => {
-            let stmt = tx.prepare_cached("DELETE FROM person WHERE id = $1").await?;
+            let stmt = tx
+                .prepare_cached("DELETE FROM person WHERE id = $1")
+                .await?;
             Ok(if tx.execute(&stmt, &[id]).await? == 0 {
                 Err(DomainError::NotFound(*id))
             } else {

@@ -22,7 +22,6 @@
 //! every commit, so a write that has been answered survives a crash of the
 //! process and of the machine.
 
-
 use super::{
     context_columns, expiry_cutoff, outbox_event, unix_now, ClaimInner, OutboxClaim, OutboxEvent,
     StoreError, StoreOptions, Unhealthy, WriteMeta, WriteOp, Written,
@@ -77,7 +76,6 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX processed_request_age ON processed_request (created_at);",
 ];
-
 
 /// A job for the writer thread, with the channel its outcome goes back on.
 struct WriteJob {
@@ -664,7 +662,6 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<Written, DomainError> {
         }
     }
 }
-
 
 #[cfg(test)]
 mod tests {

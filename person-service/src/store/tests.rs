@@ -269,7 +269,10 @@ async fn outbox_keeps_order_and_context_until_published(fresh: Fresh) {
             tokio::task::yield_now().await;
         }
     }
-    .within(Duration::from_secs(10), "the dropped claim's events to come back")
+    .within(
+        Duration::from_secs(10),
+        "the dropped claim's events to come back",
+    )
     .await;
     assert_eq!(claim.events(), events.as_slice());
     // Only the published (confirmed) prefix is removed.
@@ -365,7 +368,11 @@ async fn postgres_relays_share_the_outbox_and_miss_no_late_commit() {
     let a = store.claim_outbox(2).await.unwrap();
     let b = other.claim_outbox(10).await.unwrap();
     assert_eq!(a.events().len(), 2);
-    assert_eq!(b.events().len(), 1, "the rows the first relay holds are skipped");
+    assert_eq!(
+        b.events().len(),
+        1,
+        "the rows the first relay holds are skipped"
+    );
     let a_ids: HashSet<i64> = a.events().iter().map(|e| e.id).collect();
     assert!(!a_ids.contains(&b.events()[0].id));
     a.finish(2).await.unwrap();
@@ -400,4 +407,35 @@ async fn postgres_relays_share_the_outbox_and_miss_no_late_commit() {
     claim.finish(1).await.unwrap();
     drop(client);
     let _ = task.await;
+}
+
+/// PostgreSQL only (SQLite's is in `sqlite.rs`): a database migrated by a
+/// newer build is refused, naming it without its password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_refuses_a_newer_schema() {
+    let db = TestDb::create().await;
+    let (client, conn) = tokio_postgres::connect(&db.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let task = tokio::spawn(conn);
+    client
+        .batch_execute(
+            "CREATE TABLE schema_version (singleton BOOLEAN PRIMARY KEY DEFAULT TRUE, version INTEGER NOT NULL);
+             INSERT INTO schema_version VALUES (TRUE, 99);",
+        )
+        .await
+        .unwrap();
+    drop(client);
+    let _ = task.await;
+    match Store::connect(&Database::parse(&db.url()), StoreOptions::default()).await {
+        Err(StoreError::TooNew {
+            found: 99,
+            db: shown,
+            ..
+        }) => {
+            assert!(shown.ends_with(db.name()), "{shown}")
+        }
+        Err(e) => panic!("expected TooNew, got {e}"),
+        Ok(_) => panic!("a newer schema was accepted"),
+    }
 }

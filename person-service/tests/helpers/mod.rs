@@ -54,7 +54,11 @@ pub async fn spawn_app() -> TestApp {
 
 /// Starts (or restarts) a person-service called `name` on `db`.
 pub async fn start(name: &str, db: &Path) -> RunningApp {
-    start_with(name, Settings::new(&test_support::require_broker(), db.to_owned())).await
+    start_with(
+        name,
+        Settings::new(&test_support::require_broker(), db.to_owned()),
+    )
+    .await
 }
 
 /// Starts a person-service called `name` with `settings` (HTTP on a free

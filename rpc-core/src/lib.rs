@@ -89,7 +89,7 @@ pub mod timer;
 pub mod wire;
 
 pub use caller::{CallArgs, Caller};
-pub use config::{Config, RetryPolicy};
+pub use config::{Config, QueueType, RetryPolicy};
 pub use connection::{AmqpUri, BrokerList};
 pub use context::{Context, ContextProxy};
 pub use error::{CallError, ConnectError, RemoteError, RpcError};

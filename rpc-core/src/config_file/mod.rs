@@ -18,6 +18,7 @@
 //! | `serializer` | must be `json`, the only serializer rpc-core speaks; anything else is an error |
 //! | `ACCEPT` | must be a list of `json` / `application/json`; anything else is an error |
 //! | `AMQP_SSL` | `ca_certs` becomes [`Config::tls_ca_file`]; see below |
+//! | `QUEUE_TYPE` | rpc-core's own key (not nameko's): [`Config::queue_type`], `classic` (default) or `quorum` |
 //! | `LOGGING`, `WEB_SERVER_ADDRESS`, `TRANSPORT_OPTIONS`, `SERIALIZERS`, `LOGIN_METHOD`, `AUTO_DELETE_EVENT_EXCHANGES`, `DECLARE_EVENT_EXCHANGES`, `SERVICE_CONTAINER_CLS` | known to nameko, ignored here: one [`Warning`] each |
 //! | the program's own keys | kept for the program: [`FileConfig::get_text`], [`FileConfig::get`] |
 //! | anything else | one [`Warning`] each (with a "did you mean" when only the case differs) |
@@ -213,6 +214,9 @@ pub const IGNORED_KEYS: &[(&str, &str)] = &[
     ("SERVICE_CONTAINER_CLS", "there is no Python container here"),
 ];
 
+/// rpc-core's own keys, beside nameko's (nameko does not know them).
+pub const RPC_CORE_KEYS: &[&str] = &["QUEUE_TYPE"];
+
 /// The nameko keys rpc-core reads ([`FileConfig`]'s typed fields).
 pub const NAMEKO_KEYS: &[&str] = &[
     "AMQP_URI",
@@ -245,6 +249,8 @@ pub struct FileConfig {
     pub heartbeat: Option<u16>,
     /// `AMQP_SSL.ca_certs`.
     pub tls_ca_file: Option<PathBuf>,
+    /// `QUEUE_TYPE` (rpc-core's key): `classic` or `quorum`.
+    pub queue_type: Option<crate::config::QueueType>,
     values: Map<String, Value>,
     program_keys: Vec<String>,
     warnings: Vec<Warning>,
@@ -261,6 +267,7 @@ impl fmt::Debug for FileConfig {
             .field("parent_calls_tracked", &self.parent_calls_tracked)
             .field("heartbeat", &self.heartbeat)
             .field("tls_ca_file", &self.tls_ca_file)
+            .field("queue_type", &self.queue_type)
             .field("keys", &self.values.keys().collect::<Vec<_>>())
             .field("warnings", &self.warnings)
             .finish()
@@ -333,6 +340,7 @@ impl FileConfig {
             parent_calls_tracked: None,
             heartbeat: None,
             tls_ca_file: None,
+            queue_type: None,
             values: Map::new(),
             program_keys: program_keys.iter().map(|k| (*k).to_owned()).collect(),
             warnings: Vec::new(),
@@ -382,6 +390,9 @@ impl FileConfig {
         }
         if let Some(ca) = &self.tls_ca_file {
             config.tls_ca_file = Some(ca.clone());
+        }
+        if let Some(t) = self.queue_type {
+            config.queue_type = t;
         }
     }
 
@@ -481,7 +492,9 @@ impl FileConfig {
             );
             return Ok(());
         }
-        let known = NAMEKO_KEYS.contains(&key) || self.program_keys.iter().any(|k| k == key);
+        let known = NAMEKO_KEYS.contains(&key)
+            || RPC_CORE_KEYS.contains(&key)
+            || self.program_keys.iter().any(|k| k == key);
         if !known {
             let hint = self.suggestion(key);
             let message = match &hint {
@@ -523,6 +536,12 @@ impl FileConfig {
                     }
                 };
                 self.amqp_uri = Some(list.map_err(|e| self.invalid(key, e.to_string()))?);
+            }
+            "QUEUE_TYPE" => {
+                let text = value
+                    .as_str()
+                    .ok_or_else(|| self.wrong_type(key, "classic or quorum", value))?;
+                self.queue_type = Some(text.parse().map_err(|e: String| self.invalid(key, e))?);
             }
             "max_workers" => self.max_workers = Some(self.count(key, value)?),
             "parent_calls_tracked" => self.parent_calls_tracked = Some(self.count(key, value)?),
@@ -666,6 +685,7 @@ impl FileConfig {
         NAMEKO_KEYS
             .iter()
             .copied()
+            .chain(RPC_CORE_KEYS.iter().copied())
             .chain(IGNORED_KEYS.iter().map(|(k, _)| *k))
             .chain(self.program_keys.iter().map(String::as_str))
             .find(|k| k.eq_ignore_ascii_case(key))

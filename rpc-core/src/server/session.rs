@@ -13,7 +13,7 @@ use super::event_call::EventCall;
 use super::handle::ServiceStatus;
 use super::rpc_call::{Call, Replier};
 use super::ServiceError;
-use crate::config::Config;
+use crate::config::{Config, QueueType};
 use crate::connection;
 use crate::error::ConnectError;
 use crate::runtime::ServiceRuntime;
@@ -72,7 +72,7 @@ pub(super) struct Open {
 }
 
 struct SetupError {
-    error: ConnectError,
+    error: ServiceError,
     fatal: bool,
 }
 
@@ -85,10 +85,10 @@ impl SetupError {
             let text = e.to_string();
             let fatal = text.contains("PRECONDITION_FAILED") || text.contains("ACCESS_REFUSED");
             SetupError {
-                error: ConnectError::Refused {
+                error: ServiceError::Connect(ConnectError::Refused {
                     what: what.to_owned(),
                     reason: text,
-                },
+                }),
                 fatal,
             }
         }
@@ -264,6 +264,7 @@ impl Consumption<'_> {
                 &consume,
                 &queue,
                 options,
+                Some(config),
                 &config.rpc_exchange,
                 &wire::rpc_binding_key(name),
                 "the service queue",
@@ -277,10 +278,10 @@ impl Consumption<'_> {
             let spec = handler.queue(name, self.broadcast_id);
             for candidate in [&exchange, &spec.name, &handler.event_type] {
                 wire::short_string(candidate).map_err(|e| SetupError {
-                    error: ConnectError::Refused {
+                    error: ServiceError::Connect(ConnectError::Refused {
                         what: format!("event handler {}", handler.name),
                         reason: e.to_string(),
-                    },
+                    }),
                     fatal: true,
                 })?;
             }
@@ -297,6 +298,7 @@ impl Consumption<'_> {
                 &consume,
                 &spec.name,
                 options,
+                spec.may_be_quorum.then_some(config),
                 &exchange,
                 &handler.event_type,
                 "an event handler queue",
@@ -475,19 +477,36 @@ impl Consumption<'_> {
     }
 }
 
-/// Declares a queue with nameko's flags and binds it.
+/// Declares a queue with nameko's flags and binds it. `shared` is the
+/// config when the queue is one the service's instances share, whose type
+/// `queue_type` sets; other queues are always classic.
 async fn declare_bound_queue(
     channel: &Channel,
     queue: &str,
     options: QueueDeclareOptions,
+    shared: Option<&Config>,
     exchange: &str,
     routing_key: &str,
     what: &'static str,
 ) -> Result<(), SetupError> {
+    let args = shared.map(Config::shared_queue_args).unwrap_or_default();
     channel
-        .queue_declare(queue.into(), options, FieldTable::default())
+        .queue_declare(queue.into(), options, args)
         .await
-        .map_err(SetupError::from_lapin(what))?;
+        .map_err(|e| match shared {
+            Some(config) if is_queue_type_mismatch(&e) => SetupError {
+                error: ServiceError::QueueTypeMismatch {
+                    queue: queue.to_owned(),
+                    existing: match config.queue_type {
+                        QueueType::Classic => QueueType::Quorum,
+                        QueueType::Quorum => QueueType::Classic,
+                    },
+                    wanted: config.queue_type,
+                },
+                fatal: true,
+            },
+            _ => SetupError::from_lapin(what)(e),
+        })?;
     channel
         .queue_bind(
             queue.into(),
@@ -498,6 +517,15 @@ async fn declare_bound_queue(
         )
         .await
         .map_err(SetupError::from_lapin(what))
+}
+
+/// RabbitMQ's answer to a declaration whose `x-queue-type` differs from the
+/// existing queue's: 406 PRECONDITION_FAILED, "inequivalent arg
+/// 'x-queue-type' for queue …". There are two types here, so the existing
+/// one is the other.
+fn is_queue_type_mismatch(e: &lapin::Error) -> bool {
+    let text = e.to_string();
+    text.contains("PRECONDITION_FAILED") && text.contains("x-queue-type")
 }
 
 /// Unique per consumer, and naming the service in the broker's lists.

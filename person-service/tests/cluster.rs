@@ -391,6 +391,7 @@ async fn two_instances_on_a_cluster_survive_a_node_kill_and_an_instance_kill() {
         a_reconnected.as_secs_f64(),
     );
     println!("errors by type: {errors:?}; proxy set-up errors: {connect_errors:?}");
+    println!("(failed_callers_back_s: NaN when no call failed at that blow)");
 
     assert_eq!(
         (lost, duplicated),

@@ -44,6 +44,12 @@ def write(record):
         OUT.write(json.dumps(record) + "\n")
 
 
+def kind(e):
+    """The exception's class with its module, e.g.
+    kombu.exceptions.OperationalError."""
+    return "%s.%s" % (type(e).__module__, type(e).__name__)
+
+
 def done():
     return os.path.exists(STOP) or time.time() > DEADLINE
 
@@ -64,7 +70,7 @@ def caller(c):
             try:
                 proxy, services = open_proxy(c)
             except Exception as e:  # the broker may be failing over
-                write({"m": None, "connect_err": type(e).__name__, "msg": str(e)[:200],
+                write({"m": None, "connect_err": kind(e), "msg": (str(e) or repr(e))[:200],
                        "t": time.time()})
                 time.sleep(0.2)
                 continue
@@ -76,7 +82,7 @@ def caller(c):
             pid = getattr(services, SERVICE).create("Cluster", marker, age=30)
             write({"m": marker, "ok": pid, "t": time.time()})
         except Exception as e:
-            write({"m": marker, "err": type(e).__name__, "msg": str(e)[:200],
+            write({"m": marker, "err": kind(e), "msg": (str(e) or repr(e))[:200],
                    "t": time.time()})
             try:
                 proxy.stop()

@@ -169,7 +169,7 @@ impl Consumption<'_> {
                 Ok(Ok(session)) => session,
                 Ok(Err(e)) if e.fatal => {
                     connection::close_connection(&conn, "setup refused").await;
-                    return Err(e.error.into());
+                    return Err(e.error);
                 }
                 failed => {
                     let reason = match failed {

@@ -264,6 +264,17 @@ struct Plan {
 }
 
 fn plan(args: &RunArgs) -> Result<Plan, String> {
+    // A benchmark measures one broker; its raw AMQP clients connect to one.
+    let list: rpc_core::BrokerList = args
+        .amqp_uri
+        .parse()
+        .map_err(|e| format!("--amqp-uri: {e}"))?;
+    if list.len() > 1 {
+        return Err(format!(
+            "--amqp-uri: the benchmark measures one broker; give one URI, not a list of {} ({list})",
+            list.len()
+        ));
+    }
     let uri: rpc_core::AmqpUri = args
         .amqp_uri
         .parse()

@@ -66,7 +66,7 @@ Examples:\n  person-service\n  person-service --http 127.0.0.1:8000\n  person-se
 pub struct Settings {
     /// A nameko config file (YAML, with ${VAR:default} substitution):
     /// AMQP_URI, max_workers, rpc_exchange, parent_calls_tracked, HEARTBEAT,
-    /// AMQP_SSL's ca_certs, and this service's own PERSON_DB,
+    /// AMQP_SSL's ca_certs, QUEUE_TYPE, and this service's own PERSON_DB,
     /// PERSON_DB_POOL_SIZE, PERSON_DB_STATEMENT_TIMEOUT, SERVICE_NAME,
     /// HTTP_ADDR, HTTP_MAX_BODY, LOG_FORMAT, PREFETCH, SHUTDOWN_TIMEOUT. Flags
     /// and environment win over it. A file that cannot be used stops
@@ -75,7 +75,9 @@ pub struct Settings {
     pub config_file: Option<PathBuf>,
 
     /// Broker URI: amqp://, amqps:// or nameko's pyamqp://, with kombu's vhost
-    /// rules [default: amqp://localhost:5672/%2f as user guest]
+    /// rules; or a `;`-separated list of them to fail over between, tried in
+    /// order and round-robin after a loss [default: amqp://localhost:5672/%2f
+    /// as user guest]
     #[arg(
         long,
         env = "AMQP_URI",
@@ -143,6 +145,14 @@ pub struct Settings {
     #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "30", value_parser = rpc_core::config::seconds)]
     pub shutdown_timeout: std::time::Duration,
 
+    /// Type of the queues the service's instances share (rpc-{name} and its
+    /// event handlers' queues): classic, as nameko declares them, or quorum,
+    /// replicated over a RabbitMQ cluster. Reply and broadcast queues stay
+    /// classic. An existing queue keeps its type: see README "Quorum
+    /// queues" to migrate.
+    #[arg(long, env = "QUEUE_TYPE", default_value = "classic", value_parser = parse_queue_type)]
+    pub queue_type: rpc_core::QueueType,
+
     /// The `--config` file as loaded: its nameko settings that have no flag
     /// (rpc_exchange, HEARTBEAT, …) and its warnings. `None` without one.
     #[arg(skip)]
@@ -157,6 +167,10 @@ fn parse_pool_size(text: &str) -> Result<usize, String> {
             "`{text}` is not a number of connections (1 or more)"
         )),
     }
+}
+
+fn parse_queue_type(text: &str) -> Result<rpc_core::QueueType, String> {
+    text.parse()
 }
 
 /// Why the settings cannot be read.
@@ -208,8 +222,13 @@ impl Settings {
             )
         };
         if from_file("amqp_uri") {
-            if let Some(uri) = file.get_text("AMQP_URI")? {
+            if let Some(uri) = file.amqp_uri_text()? {
                 self.amqp_uri = uri;
+            }
+        }
+        if from_file("queue_type") {
+            if let Some(t) = file.queue_type {
+                self.queue_type = t;
             }
         }
         if from_file("max_workers") {
@@ -297,6 +316,7 @@ impl Settings {
         config.max_workers = usize::from(self.max_workers);
         config.prefetch = (self.prefetch > 0).then_some(self.prefetch);
         config.shutdown_timeout = self.shutdown_timeout;
+        config.queue_type = self.queue_type;
         Ok(config)
     }
 
@@ -325,6 +345,7 @@ impl Settings {
             http_max_body: DEFAULT_HTTP_MAX_BODY,
             log_format: LogFormat::Text,
             shutdown_timeout: std::time::Duration::from_secs(30),
+            queue_type: rpc_core::QueueType::Classic,
             file: None,
         }
     }
@@ -371,6 +392,52 @@ mod tests {
         .unwrap();
         assert_eq!(s.http_max_body, 7);
         assert_eq!(s.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn queue_type_comes_from_flag_then_file_then_default() {
+        assert_eq!(
+            Settings::new("amqp://h/", PathBuf::from("x.db"))
+                .rpc_config()
+                .unwrap()
+                .queue_type,
+            rpc_core::QueueType::Classic
+        );
+        let (_dir, path) = write("QUEUE_TYPE: quorum\n");
+        let path = path.to_str().unwrap();
+        if std::env::var_os("QUEUE_TYPE").is_none() {
+            let s = load(&["--config", path]).unwrap();
+            assert_eq!(
+                s.rpc_config().unwrap().queue_type,
+                rpc_core::QueueType::Quorum
+            );
+        }
+        let s = load(&["--config", path, "--queue-type", "classic"]).unwrap();
+        assert_eq!(
+            s.rpc_config().unwrap().queue_type,
+            rpc_core::QueueType::Classic
+        );
+        assert!(load(&["--queue-type", "stream"]).is_err());
+        let (_dir, bad) = write("QUEUE_TYPE: lazy\n");
+        let msg = load(&["--config", bad.to_str().unwrap()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("QUEUE_TYPE") && msg.contains("classic or quorum"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_yaml_list_of_brokers_is_layered_as_a_list() {
+        let (_dir, path) =
+            write("AMQP_URI:\n  - amqp://u:pa;ss@127.0.0.1:1/\n  - amqp://u:pw@b:5673/v\n");
+        if std::env::var_os("AMQP_URI").is_none() {
+            let s = load(&["--config", path.to_str().unwrap()]).unwrap();
+            let config = s.rpc_config().unwrap();
+            assert_eq!(config.amqp_uri.endpoint(), "127.0.0.1:1, b:5673");
+            assert!(!format!("{s:?} {config:?}").contains("pa;ss"));
+        }
     }
 
     #[test]

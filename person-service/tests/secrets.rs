@@ -148,3 +148,45 @@ fn a_postgres_password_never_shows() {
     );
     assert!(!all.contains(SECRET), "{all}");
 }
+
+#[test]
+fn a_broker_list_hides_every_password_in_help_and_logs() {
+    let list =
+        format!("amqp://app:{SECRET}-one@127.0.0.1:1/%2f;amqp://app:{SECRET}-two@127.0.0.1:2/%2f");
+    let out = bin().arg("--help").env("AMQP_URI", &list).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && help.contains("--amqp-uri"),
+        "{help}"
+    );
+    assert!(!help.contains(SECRET), "{help}");
+    // The old failure mode: the list read as one URI whose vhost held the
+    // second password, printed on every retry.
+    let out = run_until(&list, "retrying");
+    assert!(
+        out.contains("127.0.0.1:1") && out.contains("127.0.0.1:2"),
+        "names both brokers:\n{out}"
+    );
+    assert!(!out.contains(SECRET), "{out}");
+}
+
+#[test]
+fn a_bad_element_stops_the_start_with_its_password_masked() {
+    // A raw `;` inside a password splits the list there, as kombu does.
+    let out = bin()
+        .args(["--db", "/nonexistent/never-opened.db"])
+        .env("AMQP_URI", format!("amqp://app:{SECRET};x@127.0.0.1:1/%2f"))
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("%3B"), "says how to write a `;`:\n{text}");
+    assert!(
+        !text.contains("Tr0ub4dor") && !text.contains("x@127"),
+        "{text}"
+    );
+}

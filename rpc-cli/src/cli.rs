@@ -102,7 +102,8 @@ pub struct Cli {
 /// How to reach the services.
 #[derive(Clone, Debug, Args)]
 pub struct ConnectionOptions {
-    /// Broker to connect to. Default: the --config file's AMQP_URI, else the
+    /// Broker to connect to, or a `;`-separated list to fail over between
+    /// (kombu's form). Default: the --config file's AMQP_URI, else the
     /// local RabbitMQ (localhost:5672, vhost "/") as user guest.
     // No clap default: the config file sits between the environment and the
     // default, so the default is applied in `settings`.

@@ -239,3 +239,22 @@ async fn usage_errors_exit_64_without_connecting() {
         assert!(!out.stderr.is_empty(), "{args:?}: {out}");
     }
 }
+
+/// A list of brokers in the environment: `--help` shows no password, and a
+/// call to a list of dead brokers names both without their passwords.
+#[tokio::test]
+async fn a_broker_list_shows_no_password_in_help_or_errors() {
+    let list =
+        "amqp://probe:list-secret-1@127.0.0.1:1/%2f;amqp://probe:list-secret-2@127.0.0.1:2/%2f";
+    let help = rpc(list, &["--help"]).await;
+    assert!(help.stdout.contains("--amqp-uri"), "{help}");
+    assert!(!help.to_string().contains("list-secret"), "{help}");
+    let out = rpc(list, &["call", "nobody.nothing"]).await;
+    assert_ne!(out.code, Some(0), "{out}");
+    let text = out.to_string();
+    assert!(
+        text.contains("127.0.0.1:1") && text.contains("127.0.0.1:2"),
+        "{text}"
+    );
+    assert!(!text.contains("list-secret"), "{text}");
+}

@@ -1,6 +1,6 @@
 //! Settings shared by services and proxies, with nameko's defaults.
 
-use crate::connection::{AmqpUri, ConnectOptions};
+use crate::connection::{BrokerList, ConnectOptions};
 use crate::error::ConnectError;
 use crate::wire;
 use std::path::PathBuf;
@@ -44,11 +44,58 @@ impl Default for RetryPolicy {
     }
 }
 
+/// The type of the queues a service shares with its other instances
+/// (`rpc-{service}` and the queues of service_pool and singleton event
+/// handlers). Reply queues and broadcast queues are always classic: they
+/// are exclusive or auto-delete, which quorum queues cannot be.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum QueueType {
+    /// RabbitMQ's default, as nameko declares them: no `x-queue-type`
+    /// argument is sent at all, so declarations agree with nameko peers'.
+    #[default]
+    Classic,
+    /// `x-queue-type=quorum`: replicated over a cluster's nodes (Raft), so
+    /// the queue and its messages survive the loss of a node.
+    Quorum,
+}
+
+impl QueueType {
+    /// The name RabbitMQ and the settings use: `classic` or `quorum`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueType::Classic => "classic",
+            QueueType::Quorum => "quorum",
+        }
+    }
+}
+
+impl std::fmt::Display for QueueType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for QueueType {
+    type Err = String;
+
+    /// `classic` or `quorum`, in any case.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "classic" => Ok(QueueType::Classic),
+            "quorum" => Ok(QueueType::Quorum),
+            _ => Err(format!(
+                "`{text}` is not a queue type; use classic or quorum"
+            )),
+        }
+    }
+}
+
 /// Settings of a service or a proxy. Defaults are nameko's.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// The broker (`AMQP_URI`).
-    pub amqp_uri: AmqpUri,
+    /// The brokers (`AMQP_URI`): one URI, or several (kombu's `;` list)
+    /// to fail over between, round-robin. See [`BrokerList`].
+    pub amqp_uri: BrokerList,
     /// RPC exchange (`rpc_exchange`, default `nameko-rpc`); callers and
     /// services must agree.
     pub rpc_exchange: String,
@@ -89,6 +136,9 @@ pub struct Config {
     /// How long a stopping service waits for running calls before it gives
     /// up on them (their requests then go back to the queue).
     pub shutdown_timeout: Duration,
+    /// The type of the service's shared queues (`QUEUE_TYPE`, default
+    /// classic, as nameko). See [`QueueType`].
+    pub queue_type: QueueType,
 }
 
 /// Longest duration a setting accepts: deadlines are computed as
@@ -150,17 +200,31 @@ impl Default for Config {
             connect_retry: RetryPolicy::forever(),
             tls_ca_file: None,
             shutdown_timeout: Duration::from_secs(30),
+            queue_type: QueueType::Classic,
         }
     }
 }
 
 impl Config {
-    /// Defaults with the given broker URI.
+    /// Defaults with the given broker URI, or `;`-separated list of URIs.
     pub fn new(amqp_uri: &str) -> Result<Self, ConnectError> {
         Ok(Config {
             amqp_uri: amqp_uri.parse()?,
             ..Config::default()
         })
+    }
+
+    /// The arguments a shared queue is declared with: none for classic
+    /// (exactly what nameko sends), `x-queue-type` for quorum.
+    pub(crate) fn shared_queue_args(&self) -> lapin::types::FieldTable {
+        let mut args = lapin::types::FieldTable::default();
+        if self.queue_type == QueueType::Quorum {
+            args.insert(
+                "x-queue-type".into(),
+                lapin::types::AMQPValue::LongString("quorum".into()),
+            );
+        }
+        args
     }
 
     /// The AMQP delivery mode messages are published with.
@@ -196,5 +260,31 @@ impl Config {
         } else {
             self.max_workers
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_types_parse_and_classic_sends_no_argument() {
+        assert_eq!("quorum".parse(), Ok(QueueType::Quorum));
+        assert_eq!(" Classic ".parse(), Ok(QueueType::Classic));
+        assert!("stream"
+            .parse::<QueueType>()
+            .unwrap_err()
+            .contains("classic or quorum"));
+        let config = Config::default();
+        assert_eq!(config.queue_type, QueueType::Classic);
+        assert!(config.shared_queue_args().inner().is_empty());
+        let quorum = Config {
+            queue_type: QueueType::Quorum,
+            ..Config::default()
+        };
+        assert!(quorum
+            .shared_queue_args()
+            .inner()
+            .contains_key("x-queue-type"));
     }
 }

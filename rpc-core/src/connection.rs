@@ -1,9 +1,11 @@
-//! Reaching the broker: AMQP URIs with kombu's rules, and connecting with
-//! backoff.
+//! Reaching the broker: AMQP URIs with kombu's rules, lists of them for
+//! failover, and connecting with backoff.
 //!
 //! A URI carries a password, so [`AmqpUri`] never prints it: `Display` and
-//! `Debug` show `amqp://user@host:port/vhost`, and every log line and error
-//! names the broker by `host:port` only.
+//! `Debug` show `amqp://user:***@host:port/vhost`, [`BrokerList`] shows its
+//! elements that way, and every log line and error names a broker by
+//! `host:port` only. Text that does not parse is masked by one function,
+//! [`mask_uri_text`], before it goes into an error.
 
 use crate::config::RetryPolicy;
 use crate::error::ConnectError;
@@ -125,7 +127,7 @@ impl fmt::Display for AmqpUri {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{}://{}@{}/{}",
+            "{}://{}:***@{}/{}",
             self.scheme,
             percent_encode(&self.username),
             self.endpoint(),
@@ -143,8 +145,18 @@ impl fmt::Debug for AmqpUri {
 impl FromStr for AmqpUri {
     type Err = ConnectError;
 
+    /// One URI. A `;` list is a [`BrokerList`].
     fn from_str(input: &str) -> Result<Self, Self::Err> {
-        let bad = |why: &str| ConnectError::InvalidUri(format!("{why} (in {})", redact(input)));
+        AmqpUri::parse(input, false)
+    }
+}
+
+impl AmqpUri {
+    /// Parses one URI; errors show it masked, `strict`ly when it is a piece
+    /// of a `;` list (see [`mask_uri_text`]).
+    fn parse(input: &str, strict: bool) -> Result<Self, ConnectError> {
+        let bad =
+            |why: &str| ConnectError::InvalidUri(format!("{why} (in {})", mask(input, strict)));
         let (scheme, rest) = input
             .split_once("://")
             .ok_or_else(|| bad("expected scheme://host"))?;
@@ -152,11 +164,12 @@ impl FromStr for AmqpUri {
         let tls = match scheme.as_str() {
             "amqp" | "pyamqp" => false,
             "amqps" => true,
-            other => {
+            other if is_scheme(other) => {
                 return Err(bad(&format!(
                     "unsupported scheme {other:?}; use amqp, amqps or pyamqp"
                 )))
             }
+            _ => return Err(bad("unsupported scheme; use amqp, amqps or pyamqp")),
         };
         let (rest, query) = match rest.split_once('?') {
             Some((r, q)) => (r, Some(q)),
@@ -240,16 +253,226 @@ impl FromStr for AmqpUri {
     }
 }
 
-/// The URI with any password replaced, for error messages about the text
-/// itself (before it parses).
-fn redact(input: &str) -> String {
-    match (input.find("://"), input.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let userinfo = &input[s + 3..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{}{}:***{}", &input[..s + 3], user, &input[at..])
+/// Whether text looks like a URI scheme (`amqp`, `pyamqp`, …) and so may be
+/// shown: anything else before `://` may be a piece of a password.
+fn is_scheme(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 16
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+}
+
+/// The brokers to connect to (`AMQP_URI`): one URI, or several for
+/// failover, tried in order.
+///
+/// Text takes kombu's form, URIs separated by `;`
+/// (`amqp://a:5672/;amqp://b:5672/`); spaces around an element and empty
+/// elements (a trailing `;`) are ignored. A nameko config file may also
+/// give a YAML list, whose elements are whole URIs ([`BrokerList::new`]),
+/// so a `;` in a password needs no escaping there; in the `;` form it must
+/// be written `%3B`.
+///
+/// `Display` and `Debug` mask every password:
+///
+/// ```
+/// use rpc_core::connection::BrokerList;
+/// let list: BrokerList = "amqp://app:s3cret@a/; amqp://app:s3cret@b:5673/prod;".parse().unwrap();
+/// assert_eq!(list.len(), 2);
+/// assert_eq!(list.to_string(), "amqp://app:***@a:5672/%2F;amqp://app:***@b:5673/prod");
+/// assert_eq!(list.endpoint(), "a:5672, b:5673");
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct BrokerList {
+    /// Never empty.
+    uris: Vec<AmqpUri>,
+}
+
+impl BrokerList {
+    /// A list of whole URIs (a YAML list); at least one.
+    pub fn new(uris: Vec<AmqpUri>) -> Result<Self, ConnectError> {
+        if uris.is_empty() {
+            return Err(ConnectError::InvalidUri(
+                "the broker list is empty; give at least one amqp:// URI".into(),
+            ));
         }
-        _ => input.to_owned(),
+        Ok(BrokerList { uris })
+    }
+
+    /// Parses each text as one whole URI (the elements of a YAML list: a
+    /// `;` in them is not a separator). Errors name the element by position.
+    pub fn from_uris<S: AsRef<str>>(texts: &[S]) -> Result<Self, ConnectError> {
+        let total = texts.len();
+        let uris = texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                AmqpUri::parse(t.as_ref().trim(), false).map_err(|e| element_error(e, i, total))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::new(uris)
+    }
+
+    /// The URIs, in the order they are tried.
+    pub fn uris(&self) -> &[AmqpUri] {
+        &self.uris
+    }
+
+    /// How many brokers.
+    pub fn len(&self) -> usize {
+        self.uris.len()
+    }
+
+    /// Always `false`: a list holds at least one URI.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The first URI.
+    pub fn first(&self) -> &AmqpUri {
+        &self.uris[0]
+    }
+
+    /// The URI at `index`, counting round the list.
+    pub fn get(&self, index: usize) -> &AmqpUri {
+        &self.uris[index % self.uris.len()]
+    }
+
+    /// `host:port` of each broker, joined by `, `: how logs and errors name
+    /// the list.
+    pub fn endpoint(&self) -> String {
+        self.uris
+            .iter()
+            .map(AmqpUri::endpoint)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The first URI's virtual host.
+    pub fn vhost(&self) -> &str {
+        self.first().vhost()
+    }
+
+    /// Whether any broker is reached over TLS.
+    pub fn any_tls(&self) -> bool {
+        self.uris.iter().any(AmqpUri::is_tls)
+    }
+
+    /// Whether any broker is reached without TLS.
+    pub fn any_plain(&self) -> bool {
+        self.uris.iter().any(|u| !u.is_tls())
+    }
+
+    /// The same brokers, each on another vhost (tests use one vhost each).
+    #[must_use]
+    pub fn with_vhost(self, vhost: &str) -> Self {
+        BrokerList {
+            uris: self.uris.into_iter().map(|u| u.with_vhost(vhost)).collect(),
+        }
+    }
+}
+
+/// An element's parse error, naming its position in a list.
+fn element_error(e: ConnectError, index: usize, total: usize) -> ConnectError {
+    match e {
+        ConnectError::InvalidUri(why) if total > 1 => {
+            ConnectError::InvalidUri(format!("element {} of {total}: {why}", index + 1))
+        }
+        other => other,
+    }
+}
+
+impl From<AmqpUri> for BrokerList {
+    fn from(uri: AmqpUri) -> Self {
+        BrokerList { uris: vec![uri] }
+    }
+}
+
+impl FromStr for BrokerList {
+    type Err = ConnectError;
+
+    /// kombu's form: URIs separated by `;`.
+    fn from_str(input: &str) -> Result<Self, Self::Err> {
+        let is_list = input.contains(';');
+        let pieces: Vec<&str> = input
+            .split(';')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .collect();
+        let total = pieces.len();
+        let uris = pieces
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                AmqpUri::parse(p, is_list).map_err(|e| match element_error(e, i, total) {
+                    ConnectError::InvalidUri(why) if is_list => ConnectError::InvalidUri(format!(
+                        "{why}; `;` separates broker URIs (as in kombu), so a `;` in a \
+                         password must be written %3B"
+                    )),
+                    other => other,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::new(uris)
+    }
+}
+
+impl fmt::Display for BrokerList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, uri) in self.uris.iter().enumerate() {
+            if i > 0 {
+                f.write_str(";")?;
+            }
+            write!(f, "{uri}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for BrokerList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BrokerList({self})")
+    }
+}
+
+/// The one place where URI *text* (which may not parse) is masked for a
+/// message: everything between `://` and the last `@` becomes `user:***`.
+///
+/// Text with no `://` is not shown at all, and neither is the authority of
+/// text with no `@`, when `strict`: a `;` inside a password splits a kombu
+/// list there, so such a piece may be the tail or the head of a password
+/// (`amqp://u:pa;ss@h/` gives `amqp://u:pa` and `ss@h/`).
+///
+/// ```
+/// use rpc_core::connection::mask_uri_text;
+/// assert_eq!(mask_uri_text("amqp://u:p@ss@h/"), "amqp://u:***@h/");
+/// assert!(!mask_uri_text("ss@h/").contains("ss"));
+/// ```
+pub fn mask_uri_text(input: &str) -> String {
+    mask(input, true)
+}
+
+fn mask(input: &str, strict: bool) -> String {
+    let Some(s) = input.find("://") else {
+        return "(text that is not a URI, not shown)".to_owned();
+    };
+    let scheme = &input[..s];
+    let scheme = if is_scheme(scheme) { scheme } else { "?" };
+    let rest = &input[s + 3..];
+    match rest.rfind('@') {
+        Some(at) => {
+            let user = rest[..at].split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***{}", &rest[at..])
+        }
+        None if strict => {
+            // No user info: `host:port/vhost` as written, unless it may be
+            // a piece of a password (see above): then only the path.
+            match rest.find('/') {
+                Some(i) => format!("{scheme}://***{}", &rest[i..]),
+                None => format!("{scheme}://***"),
+            }
+        }
+        None => format!("{scheme}://{rest}"),
     }
 }
 
@@ -302,53 +525,89 @@ pub struct ConnectOptions {
     pub tls_ca_file: Option<PathBuf>,
 }
 
-/// Connects, retrying with exponential backoff as `options.retry` says.
+/// Connects to the first broker of `brokers` that answers, starting at
+/// element `start` (counting round the list), and retries with exponential
+/// backoff as `options.retry` says. Returns the connection and the index of
+/// the broker it reached.
+///
+/// The backoff waits only after a whole cycle of the list failed: a dead
+/// broker is skipped at once for the next one. `options.retry.attempts`
+/// counts such cycles. After a loss, callers start at the element after the
+/// lost one (see [`BrokerList`]), so a node going down is not the first one
+/// tried again.
 ///
 /// Every failed attempt is logged with the broker's `host:port` and the
-/// reason; the password never appears. Returns [`ConnectError::Shutdown`] as
+/// reason; no password ever appears. Returns [`ConnectError::Shutdown`] as
 /// soon as `shutdown` is cancelled.
 pub async fn connect(
-    uri: &AmqpUri,
+    brokers: &BrokerList,
+    start: usize,
     options: &ConnectOptions,
     shutdown: &CancellationToken,
-) -> Result<Connection, ConnectError> {
+) -> Result<(Connection, usize), ConnectError> {
     let mut backoff = Backoff::new(&options.retry);
-    let mut attempt: u32 = 0;
+    let count = brokers.len();
+    let mut cycle: u32 = 0;
     loop {
-        attempt += 1;
-        let result = tokio::select! {
-            _ = shutdown.cancelled() => return Err(ConnectError::Shutdown),
-            r = connect_once(uri, options) => r,
+        cycle += 1;
+        let mut reasons = Vec::with_capacity(count);
+        for step in 0..count {
+            let index = (start + step) % count;
+            let uri = brokers.get(index);
+            let result = tokio::select! {
+                _ = shutdown.cancelled() => return Err(ConnectError::Shutdown),
+                r = connect_once(uri, options) => r,
+            };
+            match result {
+                Ok(conn) => {
+                    if cycle > 1 || step > 0 {
+                        tracing::info!(broker = %uri.endpoint(), broker_index = index, vhost = %uri.vhost(), attempt = cycle, "connected to the broker");
+                    } else {
+                        tracing::debug!(broker = %uri.endpoint(), broker_index = index, vhost = %uri.vhost(), "connected to the broker");
+                    }
+                    return Ok((conn, index));
+                }
+                Err(reason) => {
+                    if step + 1 < count {
+                        tracing::warn!(
+                            broker = %uri.endpoint(),
+                            broker_index = index,
+                            vhost = %uri.vhost(),
+                            error = %reason,
+                            "cannot connect to the broker; trying the next one in the list"
+                        );
+                    }
+                    reasons.push((uri.endpoint(), reason));
+                }
+            }
+        }
+        let last = options.retry.attempts.is_some_and(|max| cycle >= max);
+        let (endpoint, reason) = if count == 1 {
+            reasons.pop().unwrap_or_default()
+        } else {
+            (
+                brokers.endpoint(),
+                reasons
+                    .iter()
+                    .map(|(e, r)| format!("{e}: {r}"))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
         };
-        match result {
-            Ok(conn) => {
-                if attempt > 1 {
-                    tracing::info!(broker = %uri.endpoint(), vhost = %uri.vhost(), attempt, "connected to the broker");
-                } else {
-                    tracing::debug!(broker = %uri.endpoint(), vhost = %uri.vhost(), "connected to the broker");
-                }
-                return Ok(conn);
-            }
-            Err(reason) => {
-                let last = options.retry.attempts.is_some_and(|max| attempt >= max);
-                if last {
-                    return Err(ConnectError::Unreachable {
-                        endpoint: uri.endpoint(),
-                        reason,
-                    });
-                }
-                tracing::warn!(
-                    broker = %uri.endpoint(),
-                    vhost = %uri.vhost(),
-                    attempt,
-                    retry_in_ms = backoff.next().as_millis() as u64,
-                    error = %reason,
-                    "cannot connect to the broker; retrying"
-                );
-                if !backoff.wait(shutdown).await {
-                    return Err(ConnectError::Shutdown);
-                }
-            }
+        if last {
+            return Err(ConnectError::Unreachable { endpoint, reason });
+        }
+        let last_tried = brokers.get(start + count - 1);
+        tracing::warn!(
+            broker = %endpoint,
+            vhost = %last_tried.vhost(),
+            attempt = cycle,
+            retry_in_ms = backoff.next().as_millis() as u64,
+            error = %reason,
+            "cannot connect to the broker; retrying"
+        );
+        if !backoff.wait(shutdown).await {
+            return Err(ConnectError::Shutdown);
         }
     }
 }
@@ -563,10 +822,115 @@ mod tests {
         assert!(!backoff.wait(&stop).await);
     }
 
+    fn list(s: &str) -> BrokerList {
+        s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    #[test]
+    fn a_semicolon_list_keeps_order_and_ignores_spaces_and_empty_elements() {
+        let l = list(" amqp://u:p@a:1/x ;;\tpyamqp://b:2/ ; amqps://c/;");
+        let endpoints: Vec<String> = l.uris().iter().map(AmqpUri::endpoint).collect();
+        assert_eq!(endpoints, ["a:1", "b:2", "c:5671"]);
+        assert_eq!(l.uris()[0].vhost(), "x");
+        assert_eq!(l.uris()[1].vhost(), "/");
+        assert_eq!(l.endpoint(), "a:1, b:2, c:5671");
+        assert_eq!(l.get(3), l.first(), "get counts round the list");
+        assert_eq!(list("amqp://h:1/").len(), 1);
+        for empty in ["", " ", ";", " ; ;"] {
+            let err = empty.parse::<BrokerList>().unwrap_err().to_string();
+            assert!(err.contains("empty"), "{empty:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn yaml_elements_are_whole_uris_so_a_semicolon_stays_in_the_password() {
+        let l = BrokerList::from_uris(&["amqp://u:pa;ss@a/", " amqp://b "]).unwrap();
+        assert_eq!(l.first().password, "pa;ss");
+        assert_eq!(l.len(), 2);
+        assert!(!format!("{l} {l:?}").contains("pa;ss"));
+        let err = BrokerList::from_uris(&["amqp://a/", "amqp://u:hunter2@b:port/"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("element 2 of 2") && !err.contains("hunter2"),
+            "{err}"
+        );
+        assert!(BrokerList::from_uris::<&str>(&[]).is_err());
+    }
+
+    #[test]
+    fn no_element_password_is_ever_shown() {
+        let l = list("amqp://app:first-pw@a/;amqp://app:p%3Bw%40x@b/");
+        assert_eq!(l.uris()[1].password, "p;w@x");
+        let shown = format!("{l} {l:?} {}", l.endpoint());
+        assert!(
+            !shown.contains("first-pw") && !shown.contains("p;w"),
+            "{shown}"
+        );
+        assert_eq!(
+            l.to_string(),
+            "amqp://app:***@a:5672/%2F;amqp://app:***@b:5672/%2F"
+        );
+        // Bad elements: passwords holding `@`, `:` and a raw `;` (which
+        // splits the list inside the password, as kombu would).
+        for (text, secret) in [
+            ("amqp://a/;amqp://u:hun@ter:2@h:bad/", "ter:2"),
+            ("amqp://a/;amqp://u:hunter2@h:bad/", "hunter2"),
+            ("amqp://u:hun;ter2@h/", "hun"),
+            ("amqp://u:hun;ter2@h/", "ter2"),
+            ("amqp://u:12;34@h/", "34"),
+            ("amqp://u:qz;cret://x@h/", "qz"),
+            ("u:hunter2@h", "hunter2"),
+            ("amqp://u:abc:def;x@h:1/", "abc"),
+        ] {
+            let err = text.parse::<BrokerList>().unwrap_err().to_string();
+            assert!(!err.contains(secret), "{text}: {err}");
+        }
+        let err = "amqp://a/;amqp://u:pw@h:bad/"
+            .parse::<BrokerList>()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("element 2 of 2") && err.contains("invalid port") && err.contains("%3B"),
+            "{err}"
+        );
+        // A single URI without user info still shows its host in errors.
+        let err = "amqp://h:notaport/"
+            .parse::<AmqpUri>()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("amqp://h:notaport/"), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connect_goes_round_the_list_and_backs_off_after_a_full_cycle() {
+        // Nothing listens on port 1: each element fails at once.
+        let l = list("amqp://127.0.0.1:1/;amqp://u:hunter2@127.0.0.2:1/");
+        let options = ConnectOptions {
+            heartbeat: 0,
+            frame_max: 4096,
+            retry: RetryPolicy {
+                attempts: Some(2),
+                ..RetryPolicy::forever()
+            },
+            connection_name: "t".into(),
+            tls_ca_file: None,
+        };
+        let stop = CancellationToken::new();
+        let err = connect(&l, 1, &options, &stop).await.unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("127.0.0.1:1")
+                && text.contains("127.0.0.2:1")
+                && !text.contains("hunter2"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn password_never_displayed() {
         let u = parse("amqp://app:hunter2@h:5672/v");
-        assert_eq!(u.to_string(), "amqp://app@h:5672/v");
+        assert_eq!(u.to_string(), "amqp://app:***@h:5672/v");
         assert!(!format!("{u:?}").contains("hunter2"));
         let err = "amqp://app:hunter2@h:bad/"
             .parse::<AmqpUri>()

@@ -460,6 +460,10 @@ pub(crate) struct QueueSpec {
     pub(crate) durable: bool,
     pub(crate) exclusive: bool,
     pub(crate) auto_delete: bool,
+    /// Whether `--queue-type quorum` applies: the durable, shared queues of
+    /// service_pool and singleton handlers. Broadcast queues are one
+    /// instance's and exclusive or auto-delete ones cannot be quorum.
+    pub(crate) may_be_quorum: bool,
 }
 
 impl EventHandlerEntry {
@@ -483,6 +487,7 @@ impl EventHandlerEntry {
             // Only an unreliable broadcast queue is the instance's alone.
             exclusive: o.handler_type == EventHandlerType::Broadcast && !o.reliable_delivery,
             auto_delete: !o.reliable_delivery,
+            may_be_quorum: o.handler_type != EventHandlerType::Broadcast && o.reliable_delivery,
         }
     }
 }
@@ -510,8 +515,20 @@ mod tests {
         let q =
             entry(EventHandlerOptions::service_pool().reliable_delivery(false)).queue("svc", "id");
         assert!(q.auto_delete && !q.exclusive);
+        assert!(!q.may_be_quorum);
         let q = entry(EventHandlerOptions::singleton()).queue("svc", "id");
         assert_eq!(q.name, "evt-src-ping");
+        assert!(q.may_be_quorum);
+        assert!(
+            entry(EventHandlerOptions::service_pool())
+                .queue("svc", "id")
+                .may_be_quorum
+        );
+        assert!(
+            !entry(EventHandlerOptions::broadcast())
+                .queue("svc", "id")
+                .may_be_quorum
+        );
         let q =
             entry(EventHandlerOptions::broadcast().reliable_delivery(false)).queue("svc", "abc");
         assert_eq!(

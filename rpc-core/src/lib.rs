@@ -90,8 +90,8 @@ pub mod wire;
 mod worker;
 
 pub use caller::{CallArgs, Caller};
-pub use config::{Config, RetryPolicy};
-pub use connection::AmqpUri;
+pub use config::{Config, QueueType, RetryPolicy};
+pub use connection::{AmqpUri, BrokerList};
 pub use context::{Context, ContextProxy};
 pub use error::{CallError, ConnectError, RemoteError, RpcError};
 pub use events::{

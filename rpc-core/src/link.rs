@@ -114,7 +114,7 @@ impl Link {
             }
         }
         let options = config.connect_options(name.to_owned());
-        let conn = connection::connect(&config.amqp_uri, &options, &stop).await?;
+        let (conn, broker) = connection::connect(&config.amqp_uri, 0, &options, &stop).await?;
         let setup = match bounded_setup(&conn, &config, replies.as_ref(), &stop).await {
             Ok(setup) => setup,
             Err(e) => {
@@ -130,7 +130,7 @@ impl Link {
             state: state_tx,
             stop: stop.clone(),
         };
-        let task = tokio::spawn(supervisor.run(conn, setup));
+        let task = tokio::spawn(supervisor.run(conn, setup, broker));
         Ok(Link {
             config,
             state: state_rx,
@@ -298,23 +298,32 @@ struct Supervisor {
 }
 
 impl Supervisor {
-    async fn run(self, mut conn: Connection, mut setup: Setup) {
+    /// `broker` is the index in the list of the broker `conn` reached.
+    async fn run(self, mut conn: Connection, mut setup: Setup, mut broker: usize) {
         loop {
             let lost = self.watch(&conn, &mut setup).await;
             let Some(reason) = lost else {
                 self.shut_down(conn, setup).await;
                 return;
             };
-            tracing::warn!(link = %self.name, broker = %self.config.amqp_uri.endpoint(), reason = %reason, "lost the broker connection; reconnecting");
+            tracing::warn!(
+                link = %self.name,
+                broker = %self.config.amqp_uri.get(broker).endpoint(),
+                broker_index = broker,
+                reason = %reason,
+                "lost the broker connection; reconnecting"
+            );
             self.state.send_replace(LinkState::Down(reason.clone()));
             if let Some(r) = &self.replies {
                 r.sink.lost(&reason);
             }
             connection::close_unless_stopped(&conn, "reconnecting", &self.stop).await;
-            match self.reconnect().await {
-                Some((c, s)) => {
+            // The lost node is likely going away: start at the next one.
+            match self.reconnect(broker + 1).await {
+                Some((c, s, b)) => {
                     conn = c;
                     setup = s;
+                    broker = b;
                 }
                 None => {
                     self.state.send_replace(LinkState::Closed);
@@ -366,7 +375,9 @@ impl Supervisor {
         }
     }
 
-    async fn reconnect(&self) -> Option<(Connection, Setup)> {
+    /// Reconnects, trying the list from element `start` on; returns the
+    /// connection, its setup, and the index of the broker reached.
+    async fn reconnect(&self, mut start: usize) -> Option<(Connection, Setup, usize)> {
         // `connect_retry` may make the first connection fail fast (a command
         // line tool); once it has worked, the link keeps trying until it is
         // closed, so a broker restart does not close it for good.
@@ -374,29 +385,41 @@ impl Supervisor {
         options.retry.attempts = None;
         let mut backoff = connection::Backoff::new(&self.config.connect_retry);
         loop {
-            let conn = match connection::connect(&self.config.amqp_uri, &options, &self.stop).await
-            {
-                Ok(conn) => conn,
-                Err(ConnectError::Shutdown) => return None,
-                Err(e) => {
-                    tracing::error!(link = %self.name, error = %e, "gave up reconnecting");
-                    return None;
-                }
-            };
+            let (conn, broker) =
+                match connection::connect(&self.config.amqp_uri, start, &options, &self.stop).await
+                {
+                    Ok(connected) => connected,
+                    Err(ConnectError::Shutdown) => return None,
+                    Err(e) => {
+                        tracing::error!(link = %self.name, error = %e, "gave up reconnecting");
+                        return None;
+                    }
+                };
             match bounded_setup(&conn, &self.config, self.replies.as_ref(), &self.stop).await {
                 Ok(setup) => {
-                    tracing::info!(link = %self.name, broker = %self.config.amqp_uri.endpoint(), "reconnected");
+                    tracing::info!(
+                        link = %self.name,
+                        broker = %self.config.amqp_uri.get(broker).endpoint(),
+                        broker_index = broker,
+                        "reconnected"
+                    );
                     self.state
                         .send_replace(LinkState::Up(setup.session.clone()));
-                    return Some((conn, setup));
+                    return Some((conn, setup, broker));
                 }
                 Err(ConnectError::Shutdown) => {
                     connection::close_connection(&conn, "stopping").await;
                     return None;
                 }
                 Err(e) => {
-                    tracing::warn!(link = %self.name, error = %e, "setting up after reconnecting failed; retrying");
+                    tracing::warn!(
+                        link = %self.name,
+                        broker = %self.config.amqp_uri.get(broker).endpoint(),
+                        error = %e,
+                        "setting up after reconnecting failed; retrying with the next broker"
+                    );
                     connection::close_unless_stopped(&conn, "retrying", &self.stop).await;
+                    start = broker + 1;
                     if !backoff.wait(&self.stop).await {
                         return None;
                     }

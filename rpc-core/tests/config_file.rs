@@ -60,7 +60,7 @@ fn a_nameko_deployment_config_loads() {
     let file = FileConfig::load_with_env(example(), &[], &env_of(&vars)).unwrap();
     let uri = file.amqp_uri.as_ref().expect("AMQP_URI");
     assert_eq!(uri.endpoint(), "rabbit.internal:5672");
-    assert_eq!(uri.username(), "guest");
+    assert_eq!(uri.first().username(), "guest");
     assert_eq!(uri.vhost(), "prod");
     assert_eq!(file.max_workers, Some(25));
     assert_eq!(file.rpc_exchange.as_deref(), Some("nameko-rpc"));

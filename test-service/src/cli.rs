@@ -37,13 +37,14 @@ pub const EXIT_CONFIG: u8 = 2;
 pub struct Cli {
     /// A nameko config file (YAML, with ${VAR:default} substitution):
     /// AMQP_URI, max_workers, rpc_exchange, parent_calls_tracked, HEARTBEAT,
-    /// AMQP_SSL's ca_certs, and this program's TARGET_SERVICE, SERVICE_NAME,
+    /// AMQP_SSL's ca_certs, QUEUE_TYPE, and this program's TARGET_SERVICE, SERVICE_NAME,
     /// INTERVAL, RPC_TIMEOUT, WAIT, EVENT_TIMEOUT. Flags and environment win
     /// over it. A file that cannot be used exits with status 2.
     #[arg(long = "config", env = "CONFIG_FILE", value_name = "FILE")]
     pub config_file: Option<PathBuf>,
 
-    /// Broker to connect to. Defaults to the local RabbitMQ (localhost:5672,
+    /// Broker to connect to, or a `;`-separated list to fail over between
+    /// (kombu's form). Defaults to the local RabbitMQ (localhost:5672,
     /// vhost "/") as user guest.
     #[arg(
         long,
@@ -85,6 +86,13 @@ pub struct Cli {
     /// no events and checks none, for a target that dispatches none.
     #[arg(long, env = "EVENT_TIMEOUT", default_value = "5", value_parser = seconds)]
     pub event_timeout: Duration,
+
+    /// Type of the queues shared by this service's instances (its event
+    /// handlers' queues, service mode): classic, as nameko declares them,
+    /// or quorum, replicated over a RabbitMQ cluster. Broadcast and reply
+    /// queues stay classic.
+    #[arg(long, env = "QUEUE_TYPE", default_value = "classic", value_parser = parse_queue_type)]
+    pub queue_type: rpc_core::QueueType,
 
     /// The `--config` file as loaded: its nameko settings that have no flag
     /// (rpc_exchange, max_workers, …) and its warnings. `None` without one.
@@ -164,8 +172,21 @@ impl Cli {
                 .map(|text| parse(&text).map_err(|e| file.invalid(key, e)))
                 .transpose()
         };
-        if let Some(uri) = text("amqp_uri", "AMQP_URI")? {
-            self.amqp_uri = uri;
+        if matches!(
+            matches.value_source("amqp_uri"),
+            None | Some(ValueSource::DefaultValue)
+        ) {
+            if let Some(uri) = file.amqp_uri_text()? {
+                self.amqp_uri = uri;
+            }
+        }
+        if matches!(
+            matches.value_source("queue_type"),
+            None | Some(ValueSource::DefaultValue)
+        ) {
+            if let Some(t) = file.queue_type {
+                self.queue_type = t;
+            }
         }
         if let Some(target) = text("target", "TARGET_SERVICE")? {
             self.target = target;
@@ -212,11 +233,16 @@ impl Cli {
         }
         config.amqp_uri = self.amqp_uri.parse()?;
         config.rpc_timeout = self.timeout;
+        config.queue_type = self.queue_type;
         Ok(config)
     }
 }
 
 pub use rpc_core::config::{positive_seconds, seconds, MAX_DURATION};
+
+fn parse_queue_type(text: &str) -> Result<rpc_core::QueueType, String> {
+    text.parse()
+}
 
 #[cfg(test)]
 mod tests {

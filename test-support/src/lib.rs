@@ -5,6 +5,7 @@
 //! message saying so; they never skip. No test can wait forever: see
 //! [`within`].
 
+pub mod cluster;
 pub mod faulty;
 pub mod nameko;
 pub mod output;

@@ -10,7 +10,7 @@
 //! # Keys
 //! | Key | Here |
 //! |---|---|
-//! | `AMQP_URI` | [`Config::amqp_uri`] (kombu's URI rules, see [`AmqpUri`]) |
+//! | `AMQP_URI` | [`Config::amqp_uri`]: one URI (kombu's rules, see [`AmqpUri`](crate::AmqpUri)), kombu's `;`-separated list, or a YAML list of URIs, for failover ([`BrokerList`]) |
 //! | `max_workers` | [`Config::max_workers`]; 0 means the default, 10, as in nameko |
 //! | `rpc_exchange` | [`Config::rpc_exchange`] |
 //! | `parent_calls_tracked` | [`Config::parent_calls_tracked`] |
@@ -18,6 +18,7 @@
 //! | `serializer` | must be `json`, the only serializer rpc-core speaks; anything else is an error |
 //! | `ACCEPT` | must be a list of `json` / `application/json`; anything else is an error |
 //! | `AMQP_SSL` | `ca_certs` becomes [`Config::tls_ca_file`]; see below |
+//! | `QUEUE_TYPE` | rpc-core's own key (not nameko's): [`Config::queue_type`], `classic` (default) or `quorum` |
 //! | `LOGGING`, `WEB_SERVER_ADDRESS`, `TRANSPORT_OPTIONS`, `SERIALIZERS`, `LOGIN_METHOD`, `AUTO_DELETE_EVENT_EXCHANGES`, `DECLARE_EVENT_EXCHANGES`, `SERVICE_CONTAINER_CLS` | known to nameko, ignored here: one [`Warning`] each |
 //! | the program's own keys | kept for the program: [`FileConfig::get_text`], [`FileConfig::get`] |
 //! | anything else | one [`Warning`] each (with a "did you mean" when only the case differs) |
@@ -94,7 +95,7 @@ mod yaml;
 pub use yaml::{parse_yaml, YamlError};
 
 use crate::config::Config;
-use crate::connection::AmqpUri;
+use crate::connection::BrokerList;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use std::fmt;
@@ -213,6 +214,9 @@ pub const IGNORED_KEYS: &[(&str, &str)] = &[
     ("SERVICE_CONTAINER_CLS", "there is no Python container here"),
 ];
 
+/// rpc-core's own keys, beside nameko's (nameko does not know them).
+pub const RPC_CORE_KEYS: &[&str] = &["QUEUE_TYPE"];
+
 /// The nameko keys rpc-core reads ([`FileConfig`]'s typed fields).
 pub const NAMEKO_KEYS: &[&str] = &[
     "AMQP_URI",
@@ -233,8 +237,8 @@ pub const NAMEKO_KEYS: &[&str] = &[
 #[derive(Clone)]
 pub struct FileConfig {
     path: PathBuf,
-    /// `AMQP_URI`.
-    pub amqp_uri: Option<AmqpUri>,
+    /// `AMQP_URI`: one broker or a list.
+    pub amqp_uri: Option<BrokerList>,
     /// `max_workers` (0 means 10, as in nameko).
     pub max_workers: Option<usize>,
     /// `rpc_exchange`.
@@ -245,6 +249,8 @@ pub struct FileConfig {
     pub heartbeat: Option<u16>,
     /// `AMQP_SSL.ca_certs`.
     pub tls_ca_file: Option<PathBuf>,
+    /// `QUEUE_TYPE` (rpc-core's key): `classic` or `quorum`.
+    pub queue_type: Option<crate::config::QueueType>,
     values: Map<String, Value>,
     program_keys: Vec<String>,
     warnings: Vec<Warning>,
@@ -261,6 +267,7 @@ impl fmt::Debug for FileConfig {
             .field("parent_calls_tracked", &self.parent_calls_tracked)
             .field("heartbeat", &self.heartbeat)
             .field("tls_ca_file", &self.tls_ca_file)
+            .field("queue_type", &self.queue_type)
             .field("keys", &self.values.keys().collect::<Vec<_>>())
             .field("warnings", &self.warnings)
             .finish()
@@ -333,6 +340,7 @@ impl FileConfig {
             parent_calls_tracked: None,
             heartbeat: None,
             tls_ca_file: None,
+            queue_type: None,
             values: Map::new(),
             program_keys: program_keys.iter().map(|k| (*k).to_owned()).collect(),
             warnings: Vec::new(),
@@ -383,6 +391,9 @@ impl FileConfig {
         if let Some(ca) = &self.tls_ca_file {
             config.tls_ca_file = Some(ca.clone());
         }
+        if let Some(t) = self.queue_type {
+            config.queue_type = t;
+        }
     }
 
     /// [`Config::default`] with the file's values.
@@ -416,6 +427,30 @@ impl FileConfig {
                 key,
                 format!("expected a single value, found {}", kind(other)),
             )),
+        }
+    }
+
+    /// `AMQP_URI` as the text `--amqp-uri` or the environment would give:
+    /// a string as it is, a YAML list joined by `;` (kombu's form), each
+    /// element's own `;` written `%3B` so that it stays in its element
+    /// (percent-decoding gives it back). Programs that take the URI as text
+    /// layer it with this; `None` when the key is absent or null.
+    pub fn amqp_uri_text(&self) -> Result<Option<String>, ConfigFileError> {
+        match self.values.get("AMQP_URI") {
+            Some(Value::Array(items)) => {
+                let texts = items
+                    .iter()
+                    .map(|item| {
+                        item.as_str()
+                            .map(|t| t.trim().replace(';', "%3B"))
+                            .ok_or_else(|| {
+                                self.wrong_type("AMQP_URI", "a list of URI strings", item)
+                            })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(Some(texts.join(";")))
+            }
+            _ => self.get_text("AMQP_URI"),
         }
     }
 
@@ -457,7 +492,9 @@ impl FileConfig {
             );
             return Ok(());
         }
-        let known = NAMEKO_KEYS.contains(&key) || self.program_keys.iter().any(|k| k == key);
+        let known = NAMEKO_KEYS.contains(&key)
+            || RPC_CORE_KEYS.contains(&key)
+            || self.program_keys.iter().any(|k| k == key);
         if !known {
             let hint = self.suggestion(key);
             let message = match &hint {
@@ -480,14 +517,31 @@ impl FileConfig {
         }
         match key {
             "AMQP_URI" => {
+                // BrokerList's errors never contain a password.
+                let list = match value {
+                    Value::String(text) => text.parse::<BrokerList>(),
+                    Value::Array(items) => {
+                        let texts = items
+                            .iter()
+                            .map(|item| {
+                                item.as_str().ok_or_else(|| {
+                                    self.wrong_type(key, "a list of URI strings", item)
+                                })
+                            })
+                            .collect::<Result<Vec<_>, _>>()?;
+                        BrokerList::from_uris(&texts)
+                    }
+                    other => {
+                        return Err(self.wrong_type(key, "a URI string or a list of them", other))
+                    }
+                };
+                self.amqp_uri = Some(list.map_err(|e| self.invalid(key, e.to_string()))?);
+            }
+            "QUEUE_TYPE" => {
                 let text = value
                     .as_str()
-                    .ok_or_else(|| self.wrong_type(key, "a URI string", value))?;
-                // AmqpUri's errors never contain the password.
-                let uri = text
-                    .parse::<AmqpUri>()
-                    .map_err(|e| self.invalid(key, e.to_string()))?;
-                self.amqp_uri = Some(uri);
+                    .ok_or_else(|| self.wrong_type(key, "classic or quorum", value))?;
+                self.queue_type = Some(text.parse().map_err(|e: String| self.invalid(key, e))?);
             }
             "max_workers" => self.max_workers = Some(self.count(key, value)?),
             "parent_calls_tracked" => self.parent_calls_tracked = Some(self.count(key, value)?),
@@ -606,7 +660,7 @@ impl FileConfig {
             Some(Value::Object(m)) => !m.is_empty(),
             Some(_) => true,
         };
-        if wants_tls && self.amqp_uri.as_ref().is_some_and(|u| !u.is_tls()) {
+        if wants_tls && self.amqp_uri.as_ref().is_some_and(BrokerList::any_plain) {
             self.warn(
                 "AMQP_SSL",
                 WarningKind::Partial,
@@ -631,6 +685,7 @@ impl FileConfig {
         NAMEKO_KEYS
             .iter()
             .copied()
+            .chain(RPC_CORE_KEYS.iter().copied())
             .chain(IGNORED_KEYS.iter().map(|(k, _)| *k))
             .chain(self.program_keys.iter().map(String::as_str))
             .find(|k| k.eq_ignore_ascii_case(key))

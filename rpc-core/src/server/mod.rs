@@ -77,6 +77,24 @@ pub enum ServiceError {
     /// reliable broadcast event handler without an identifier).
     #[error("invalid configuration: {0}")]
     Configuration(String),
+    /// A queue the service shares with its other instances already exists
+    /// with another type (RabbitMQ's 406 `inequivalent arg 'x-queue-type'`).
+    /// A queue's type cannot change; the message says how to migrate.
+    #[error(
+        "queue {queue:?} already exists as a {existing} queue, but this service declares it {wanted} \
+         (QUEUE_TYPE / --queue-type); RabbitMQ cannot change a queue's type. To migrate: let the \
+         queue drain, stop every instance of the service, delete the queue \
+         (rabbitmqctl delete_queue {queue}), then start the services with --queue-type {wanted}; \
+         or run under a new service name"
+    )]
+    QueueTypeMismatch {
+        /// The queue.
+        queue: String,
+        /// The type it has on the broker.
+        existing: crate::config::QueueType,
+        /// The type this service is configured for.
+        wanted: crate::config::QueueType,
+    },
 }
 
 /// How long the work dropped at a stop's deadline gets to unwind (its

@@ -14,7 +14,7 @@ use super::event_call::EventCall;
 use super::handle::ServiceStatus;
 use super::rpc_call::{Call, Replier};
 use super::ServiceError;
-use crate::config::Config;
+use crate::config::{Config, QueueType};
 use crate::connection;
 use crate::error::ConnectError;
 use crate::runtime::ServiceRuntime;
@@ -73,7 +73,7 @@ pub(super) struct Open {
 }
 
 struct SetupError {
-    error: ConnectError,
+    error: ServiceError,
     fatal: bool,
 }
 
@@ -86,10 +86,10 @@ impl SetupError {
             let text = e.to_string();
             let fatal = text.contains("PRECONDITION_FAILED") || text.contains("ACCESS_REFUSED");
             SetupError {
-                error: ConnectError::Refused {
+                error: ServiceError::Connect(ConnectError::Refused {
                     what: what.to_owned(),
                     reason: text,
-                },
+                }),
                 fatal,
             }
         }
@@ -149,12 +149,17 @@ impl Consumption<'_> {
         let name = &self.def.name;
         let mut options = config.connect_options(format!("{name} service"));
         let mut backoff = connection::Backoff::new(&config.connect_retry);
+        // Where in the broker list the next connection attempt starts: the
+        // element after the one lost or refused, so a failing node is not
+        // tried first again (round-robin, as kombu fails over).
+        let mut start = 0;
         loop {
-            let conn = match connection::connect(&config.amqp_uri, &options, self.stop).await {
-                Ok(conn) => conn,
-                Err(ConnectError::Shutdown) => return Ok(Stopped::before_consuming(config)),
-                Err(e) => return Err(e.into()),
-            };
+            let (conn, broker) =
+                match connection::connect(&config.amqp_uri, start, &options, self.stop).await {
+                    Ok(connected) => connected,
+                    Err(ConnectError::Shutdown) => return Ok(Stopped::before_consuming(config)),
+                    Err(e) => return Err(e.into()),
+                };
             let setup = tokio::select! {
                 biased;
                 _ = self.stop.cancelled() => {
@@ -167,7 +172,7 @@ impl Consumption<'_> {
                 Ok(Ok(session)) => session,
                 Ok(Err(e)) if e.fatal => {
                     connection::close_connection(&conn, "setup refused").await;
-                    return Err(e.error.into());
+                    return Err(e.error);
                 }
                 failed => {
                     let reason = match failed {
@@ -177,7 +182,13 @@ impl Consumption<'_> {
                             connection::SETUP_TIMEOUT
                         ),
                     };
-                    tracing::warn!(service = %name, error = %reason, "setting up the service failed; retrying");
+                    tracing::warn!(
+                        service = %name,
+                        broker = %config.amqp_uri.get(broker).endpoint(),
+                        error = %reason,
+                        "setting up the service failed; retrying with the next broker"
+                    );
+                    start = broker + 1;
                     connection::close_unless_stopped(&conn, "retrying", self.stop).await;
                     if !backoff.wait(self.stop).await {
                         return Ok(Stopped::before_consuming(config));
@@ -190,7 +201,8 @@ impl Consumption<'_> {
             tracing::info!(
                 service = %name,
                 event_handlers = self.def.event_handlers.len(),
-                broker = %config.amqp_uri.endpoint(),
+                broker = %config.amqp_uri.get(broker).endpoint(),
+                broker_index = broker,
                 max_workers = config.workers(),
                 "consuming"
             );
@@ -209,7 +221,14 @@ impl Consumption<'_> {
                 }
                 SessionEnd::Lost(reason) => {
                     gone.cancel();
-                    tracing::warn!(service = %name, reason = %reason, "lost the broker connection; reconnecting");
+                    tracing::warn!(
+                        service = %name,
+                        broker = %config.amqp_uri.get(broker).endpoint(),
+                        broker_index = broker,
+                        reason = %reason,
+                        "lost the broker connection; reconnecting to the next broker"
+                    );
+                    start = broker + 1;
                     self.status
                         .send_replace(ServiceStatus::Reconnecting(reason));
                     // connect_retry may give up on the first connection; a
@@ -248,6 +267,7 @@ impl Consumption<'_> {
                 &consume,
                 &queue,
                 options,
+                Some(config),
                 &config.rpc_exchange,
                 &wire::rpc_binding_key(name),
                 "the service queue",
@@ -261,10 +281,10 @@ impl Consumption<'_> {
             let spec = handler.queue(name, self.broadcast_id);
             for candidate in [&exchange, &spec.name, &handler.event_type] {
                 wire::short_string(candidate).map_err(|e| SetupError {
-                    error: ConnectError::Refused {
+                    error: ServiceError::Connect(ConnectError::Refused {
                         what: format!("event handler {}", handler.name),
                         reason: e.to_string(),
-                    },
+                    }),
                     fatal: true,
                 })?;
             }
@@ -281,6 +301,7 @@ impl Consumption<'_> {
                 &consume,
                 &spec.name,
                 options,
+                spec.may_be_quorum.then_some(config),
                 &exchange,
                 &handler.event_type,
                 "an event handler queue",
@@ -475,19 +496,36 @@ async fn settled(registered: Registered, call: impl std::future::Future<Output =
     drop(registered);
 }
 
-/// Declares a queue with nameko's flags and binds it.
+/// Declares a queue with nameko's flags and binds it. `shared` is the
+/// config when the queue is one the service's instances share, whose type
+/// `queue_type` sets; other queues are always classic.
 async fn declare_bound_queue(
     channel: &Channel,
     queue: &str,
     options: QueueDeclareOptions,
+    shared: Option<&Config>,
     exchange: &str,
     routing_key: &str,
     what: &'static str,
 ) -> Result<(), SetupError> {
+    let args = shared.map(Config::shared_queue_args).unwrap_or_default();
     channel
-        .queue_declare(queue.into(), options, FieldTable::default())
+        .queue_declare(queue.into(), options, args)
         .await
-        .map_err(SetupError::from_lapin(what))?;
+        .map_err(|e| match shared {
+            Some(config) if is_queue_type_mismatch(&e) => SetupError {
+                error: ServiceError::QueueTypeMismatch {
+                    queue: queue.to_owned(),
+                    existing: match config.queue_type {
+                        QueueType::Classic => QueueType::Quorum,
+                        QueueType::Quorum => QueueType::Classic,
+                    },
+                    wanted: config.queue_type,
+                },
+                fatal: true,
+            },
+            _ => SetupError::from_lapin(what)(e),
+        })?;
     channel
         .queue_bind(
             queue.into(),
@@ -498,6 +536,15 @@ async fn declare_bound_queue(
         )
         .await
         .map_err(SetupError::from_lapin(what))
+}
+
+/// RabbitMQ's answer to a declaration whose `x-queue-type` differs from the
+/// existing queue's: 406 PRECONDITION_FAILED, "inequivalent arg
+/// 'x-queue-type' for queue …". There are two types here, so the existing
+/// one is the other.
+fn is_queue_type_mismatch(e: &lapin::Error) -> bool {
+    let text = e.to_string();
+    text.contains("PRECONDITION_FAILED") && text.contains("x-queue-type")
 }
 
 /// Unique per consumer, and naming the service in the broker's lists.

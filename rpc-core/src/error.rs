@@ -381,12 +381,13 @@ pub enum ConnectError {
     /// The URI cannot be parsed. The text never contains the password.
     #[error("invalid AMQP URI: {0}")]
     InvalidUri(String),
-    /// Every attempt failed; `endpoint` is `host:port`.
+    /// Every attempt failed; `endpoint` is `host:port` (of each broker of a
+    /// list, joined by `, `).
     #[error("cannot connect to the broker at {endpoint}: {reason}")]
     Unreachable {
-        /// `host:port` of the broker.
+        /// `host:port` of the broker, or of each broker of the list.
         endpoint: String,
-        /// The last error.
+        /// The last error (of each broker of a list, `host:port: reason`).
         reason: String,
     },
     /// The broker accepted the connection but refused a declaration or a

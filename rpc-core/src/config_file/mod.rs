@@ -751,6 +751,45 @@ mod tests {
     }
 
     #[test]
+    fn amqp_uri_takes_a_semicolon_list_or_a_yaml_list() {
+        let f = file(
+            "AMQP_URI: amqp://u:pw1@a:1/x; amqp://u:pw2@b:2/ ;\nQUEUE_TYPE: quorum\n",
+            &[],
+            &[],
+        );
+        let config = f.config();
+        assert_eq!(config.amqp_uri.endpoint(), "a:1, b:2");
+        assert_eq!(config.queue_type, crate::config::QueueType::Quorum);
+        let f = file(
+            "AMQP_URI:\n  - amqp://u:p;w@a:1/x\n  - ' amqp://u:pw2@b:2/ '\n",
+            &[],
+            &[],
+        );
+        let list = f.amqp_uri.clone().unwrap();
+        assert_eq!(list.endpoint(), "a:1, b:2");
+        assert!(!format!("{f:?} {list}").contains("p;w"));
+        // The text a program layers keeps the `;` inside its element.
+        let text = f.amqp_uri_text().unwrap().unwrap();
+        assert_eq!(text.parse::<BrokerList>().unwrap(), list);
+        // Not a list of strings, or a bad element: the key is named, no
+        // password shown.
+        let msg = file_err("AMQP_URI: [amqp://a/, 5]\n");
+        assert!(
+            msg.contains("AMQP_URI") && msg.contains("list of URI strings"),
+            "{msg}"
+        );
+        let msg = file_err("AMQP_URI:\n  - amqp://a/\n  - amqp://u:hunter2@b:bad/\n");
+        assert!(
+            msg.contains("element 2 of 2") && !msg.contains("hunter2"),
+            "{msg}"
+        );
+        let msg = file_err("AMQP_URI: amqp://u:hun;ter2@b/\n");
+        assert!(!msg.contains("hun") && !msg.contains("ter2"), "{msg}");
+        assert!(file_err("AMQP_URI: []\n").contains("empty"));
+        assert!(file_err("QUEUE_TYPE: stream\n").contains("classic or quorum"));
+    }
+
+    #[test]
     fn substitution_reparses_as_yaml() {
         assert_eq!(one("${PORT:5672}", &[]), json!(5672));
         assert_eq!(one("${PORT:5672}", &[("PORT", "5999")]), json!(5999));

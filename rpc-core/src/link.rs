@@ -36,9 +36,52 @@ pub(crate) trait ReplySink: Send + Sync + 'static {
 
 /// A reply queue for the link to declare (as nameko does) and consume.
 pub(crate) struct Replies {
-    pub(crate) queue: String,
+    /// The queue's name now: it changes when the node that held the queue
+    /// is down (see [`ReplyQueueName::renew`]).
+    pub(crate) queue: ReplyQueueName,
     pub(crate) routing_key: String,
     pub(crate) sink: Arc<dyn ReplySink>,
+}
+
+/// The name of a proxy's reply queue, shared with the proxy that reports it.
+///
+/// nameko's reply queue is durable, so it lives on the node that declared
+/// it. When that node dies, a cluster refuses to declare the queue again
+/// anywhere else (404 "home node … is down") until the node is back, and a
+/// proxy that kept the name could not receive a reply for as long. Replies
+/// are routed by the routing key (`reply_to`), not by the queue's name, so
+/// a new queue bound to the same key takes over at once; calls that were
+/// waiting on the old queue have already failed with the lost connection.
+#[derive(Clone)]
+pub(crate) struct ReplyQueueName {
+    caller: Arc<str>,
+    current: Arc<Mutex<String>>,
+}
+
+impl ReplyQueueName {
+    pub(crate) fn new(caller: &str, id: &str) -> Self {
+        ReplyQueueName {
+            caller: caller.into(),
+            current: Arc::new(Mutex::new(wire::reply_queue(caller, id))),
+        }
+    }
+
+    pub(crate) fn get(&self) -> String {
+        self.current
+            .lock()
+            .map(|name| name.clone())
+            .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+    }
+
+    /// A fresh name, `rpc.reply-{caller}-{new uuid}`, as nameko would pick.
+    fn renew(&self) -> String {
+        let name = wire::reply_queue(&self.caller, &uuid::Uuid::new_v4().to_string());
+        match self.current.lock() {
+            Ok(mut current) => current.clone_from(&name),
+            Err(poisoned) => poisoned.into_inner().clone_from(&name),
+        }
+        name
+    }
 }
 
 /// What users of a link publish on while it is up.
@@ -105,7 +148,7 @@ impl Link {
         if let Some(r) = &replies {
             for (what, text) in [
                 ("the RPC exchange", config.rpc_exchange.as_str()),
-                ("the reply queue", r.queue.as_str()),
+                ("the reply queue", r.queue.get().as_str()),
             ] {
                 wire::short_string(text).map_err(|e| ConnectError::InvalidName {
                     what: format!("{what} {text:?}"),
@@ -229,27 +272,30 @@ async fn setup(
     let consume = match replies {
         None => None,
         Some(r) => {
-            let ch = conn.create_channel().await.map_err(refused("a channel"))?;
+            let mut ch = conn.create_channel().await.map_err(refused("a channel"))?;
             connection::declare_topic_exchange(&ch, &config.rpc_exchange)
                 .await
                 .map_err(refused("the RPC exchange declaration"))?;
-            let mut args = FieldTable::default();
-            args.insert(
-                "x-expires".into(),
-                AMQPValue::LongInt(wire::REPLY_QUEUE_EXPIRES_MS),
-            );
-            ch.queue_declare(
-                r.queue.as_str().into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..QueueDeclareOptions::default()
-                },
-                args,
-            )
-            .await
-            .map_err(refused("the reply queue declaration"))?;
+            let mut queue = r.queue.get();
+            if let Err(e) = declare_reply_queue(&ch, &queue).await {
+                if !is_home_node_down(&e) {
+                    return Err(refused("the reply queue declaration")(e));
+                }
+                // The refusal closed the channel.
+                let renewed = r.queue.renew();
+                tracing::warn!(
+                    old = %queue,
+                    new = %renewed,
+                    "the reply queue's node is down; replies come to a new reply queue"
+                );
+                queue = renewed;
+                ch = conn.create_channel().await.map_err(refused("a channel"))?;
+                declare_reply_queue(&ch, &queue)
+                    .await
+                    .map_err(refused("the reply queue declaration"))?;
+            }
             ch.queue_bind(
-                r.queue.as_str().into(),
+                queue.as_str().into(),
                 config.rpc_exchange.as_str().into(),
                 r.routing_key.as_str().into(),
                 QueueBindOptions::default(),
@@ -262,7 +308,7 @@ async fn setup(
             // per call.
             let consumer = ch
                 .basic_consume(
-                    r.queue.as_str().into(),
+                    queue.as_str().into(),
                     format!("reply-{}", r.routing_key).into(),
                     BasicConsumeOptions {
                         no_ack: true,
@@ -287,6 +333,35 @@ async fn setup(
         },
         consume,
     })
+}
+
+/// nameko's reply queue: durable, expiring 5 minutes after its last
+/// consumer went away.
+async fn declare_reply_queue(channel: &Channel, queue: &str) -> Result<(), lapin::Error> {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-expires".into(),
+        AMQPValue::LongInt(wire::REPLY_QUEUE_EXPIRES_MS),
+    );
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            args,
+        )
+        .await
+        .map(|_| ())
+}
+
+/// A declare refused because the durable queue of that name lives on a
+/// cluster node that is down (RabbitMQ answers 404 NOT_FOUND "home node …
+/// of durable queue … is down or inaccessible"). A declare of a queue that
+/// does not exist creates it, so a 404 means nothing else here.
+fn is_home_node_down(e: &lapin::Error) -> bool {
+    e.to_string().contains("NOT_FOUND")
 }
 
 struct Supervisor {
@@ -439,8 +514,9 @@ impl Supervisor {
             if let Some(r) = &self.replies {
                 // The reply queue is ours alone (its name holds a fresh
                 // uuid), so it is deleted rather than left to expire.
+                let queue = r.queue.get();
                 let delete =
-                    channel.queue_delete(r.queue.as_str().into(), QueueDeleteOptions::default());
+                    channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default());
                 match tokio::time::timeout(connection::CLOSE_TIMEOUT, delete).await {
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => {

@@ -18,7 +18,7 @@
 
 use crate::config::Config;
 use crate::error::{CallError, ConnectError};
-use crate::link::{Link, Replies, ReplySink};
+use crate::link::{Link, Replies, ReplyQueueName, ReplySink};
 use crate::wire::{self, RequestBody};
 use lapin::options::BasicPublishOptions;
 use lapin::Confirmation;
@@ -188,7 +188,7 @@ impl Drop for PendingGuard {
 struct Shared {
     link: Link,
     reply_key: String,
-    reply_queue: String,
+    reply_queue: ReplyQueueName,
     pending: Arc<Pending>,
 }
 
@@ -219,7 +219,7 @@ pub struct RpcProxy {
 impl std::fmt::Debug for RpcProxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RpcProxy")
-            .field("reply_queue", &self.shared.reply_queue)
+            .field("reply_queue", &self.shared.reply_queue.get())
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
@@ -260,7 +260,7 @@ impl RpcProxy {
         stop: CancellationToken,
     ) -> Result<Self, ConnectError> {
         let reply_key = uuid::Uuid::new_v4().to_string();
-        let reply_queue = wire::reply_queue(caller, &reply_key);
+        let reply_queue = ReplyQueueName::new(caller, &reply_key);
         let pending = Arc::new(Pending::default());
         let timeout = config.rpc_timeout;
         let replies = Replies {
@@ -324,9 +324,10 @@ impl RpcProxy {
         &self.call_id_stack
     }
 
-    /// The name of this proxy's reply queue.
-    pub fn reply_queue(&self) -> &str {
-        &self.shared.reply_queue
+    /// The name of this proxy's reply queue now (a new one after the
+    /// cluster node that held the old one went down).
+    pub fn reply_queue(&self) -> String {
+        self.shared.reply_queue.get()
     }
 
     /// Calls waiting for a reply right now.

@@ -9,12 +9,13 @@
 //! The test prints how long until calls succeeded again on a
 //! `RELIABILITY scenario=cluster-node-kill` line.
 //!
-//! Known limit, printed, not asserted: a client whose node died does not
-//! get its calls through again while that node is down. Its reply queue is
-//! durable (with `x-expires`, as nameko declares it) and has a fixed name, so
-//! it lives on the lost node and cannot be declared again elsewhere (404
-//! "home node … is down"). nameko's own ClusterRpcProxy has the same limit;
-//! a new proxy (a new reply queue) works.
+//! The client whose node died gets its calls through again while that node
+//! is still down. Its reply queue is durable (with `x-expires`, as nameko
+//! declares it), so it lived on the lost node and cannot be declared again
+//! elsewhere (404 "home node … is down"); the client declares a new reply
+//! queue, bound to the same routing key, and goes on. (nameko's own
+//! ClusterRpcProxy keeps the name and stays deaf until the node is back; a
+//! new proxy works.)
 //!
 //! The service's queue is a quorum queue, replicated on the three nodes, so
 //! it survives the loss of the node it was declared on. A second service
@@ -96,6 +97,7 @@ async fn a_service_fails_over_to_another_node_when_its_node_is_killed() {
     let proxy1 = RpcProxy::connect(config(&list, QueueType::Classic))
         .await
         .expect("proxy connects");
+    let reply_queue_before = proxy1.reply_queue();
     assert_eq!(
         proxy
             .call(&quorum, "add", Args::new().arg(1).arg(2))
@@ -307,6 +309,15 @@ async fn a_service_fails_over_to_another_node_when_its_node_is_killed() {
     assert!(
         node1_in_flight.iter().all(|c| c.result.is_err()) && node1_slowest < Duration::from_secs(3),
         "calls in flight on the killed node did not all fail at once: slowest {node1_slowest:?}"
+    );
+    assert!(
+        node1_back,
+        "the client on the killed node got no answer again while the node was down"
+    );
+    assert_ne!(
+        proxy1.reply_queue(),
+        reply_queue_before,
+        "the client on the killed node kept its reply queue's name"
     );
     assert!(
         recovered < Duration::from_secs(15),

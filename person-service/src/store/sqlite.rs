@@ -46,6 +46,8 @@ const READER_CACHE_KIB: i64 = 512;
 const CLEAR_DELAY: Duration = Duration::from_secs(1);
 /// How often the writer removes expired request records.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// How long an open that SQLite finds busy is tried again.
+const OPEN_BUSY_RETRY: Duration = Duration::from_secs(10);
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how
 /// many have run.
@@ -115,6 +117,30 @@ impl SqliteStore {
     /// Opens (creating if needed) and migrates the database, and starts the
     /// writer thread. Blocking.
     pub(crate) fn open(path: &Path, options: StoreOptions) -> Result<SqliteStore, StoreError> {
+        // SQLite answers SQLITE_BUSY at once, without its busy handler, in a
+        // few cases a concurrent start on a fresh file can hit (switching
+        // the journal to WAL while another connection holds a lock, a
+        // reader meeting a WAL being set up): seen in 1 of a few hundred
+        // concurrent opens. Every step of an open can be repeated, so a
+        // busy open is tried again for a bounded time.
+        let started = Instant::now();
+        loop {
+            match Self::open_once(path, options.clone()) {
+                Err(StoreError::Open {
+                    source: rusqlite::Error::SqliteFailure(e, _),
+                    ..
+                }) if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && started.elapsed() < OPEN_BUSY_RETRY =>
+                {
+                    tracing::debug!("the database is busy while opening; trying again");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn open_once(path: &Path, options: StoreOptions) -> Result<SqliteStore, StoreError> {
         let open_err = |source| StoreError::Open {
             path: path.to_owned(),
             source,

@@ -181,13 +181,7 @@ async fn a_service_fails_over_to_another_node_when_its_node_is_killed() {
     cluster.kill(1).await;
     let deadline = killed + Duration::from_secs(30);
     let recovered = loop {
-        let first_ok = calls
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|c| c.started > killed && c.result.is_ok())
-            .map(|c| c.ended)
-            .min();
+        let first_ok = first_success_after(&calls, killed);
         if let Some(t) = first_ok {
             break t - killed;
         }
@@ -235,13 +229,7 @@ async fn a_service_fails_over_to_another_node_when_its_node_is_killed() {
     // it a bound of its own rather than the classic probe's window.
     let node1_deadline = killed + Duration::from_secs(30);
     let node1_back_after = loop {
-        let first_ok = calls1
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|c| c.started > killed && c.result.is_ok())
-            .map(|c| c.ended)
-            .min();
+        let first_ok = first_success_after(&calls1, killed);
         if let Some(t) = first_ok {
             break Some(t - killed);
         }
@@ -372,6 +360,17 @@ async fn a_service_fails_over_to_another_node_when_its_node_is_killed() {
             .await
             .expect("stops");
     }
+}
+
+/// When the first call started after `killed` succeeded, if one has.
+fn first_success_after(calls: &Mutex<Vec<Call>>, killed: Instant) -> Option<Instant> {
+    calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|c| c.started > killed && c.result.is_ok())
+        .map(|c| c.ended)
+        .min()
 }
 
 /// A call error's kind, for the figures.

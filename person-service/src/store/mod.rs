@@ -1,7 +1,7 @@
 //! The person store: one interface, two backends.
 //!
-//! * [`sqlite`]: one host. A writer thread with group commit, a few reader
-//!   connections, WAL with `synchronous=FULL`.
+//! * [`sqlite`]: one host. A writer thread with group commit, a couple of
+//!   reader threads (`read_pool`), WAL with `synchronous=FULL`.
 //! * [`postgres`]: many hosts. Pooled connections, one short transaction
 //!   per write (the server shares WAL flushes among concurrent commits).
 //!
@@ -20,6 +20,7 @@
 
 mod location;
 pub mod postgres;
+mod read_pool;
 pub mod sqlite;
 
 pub use location::{Database, PostgresUrl};

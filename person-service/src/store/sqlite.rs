@@ -22,6 +22,7 @@
 //! every commit, so a write that has been answered survives a crash of the
 //! process and of the machine.
 
+use super::read_pool::ReadPool;
 use super::{
     context_columns, expiry_cutoff, outbox_event, unix_now, ClaimInner, OutboxClaim, OutboxEvent,
     StoreError, StoreOptions, Unhealthy, WriteMeta, WriteOp, Written,
@@ -30,14 +31,14 @@ use crate::domain::{DomainError, Page, Person};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
-use tokio::sync::{oneshot, Notify, Semaphore};
+use tokio::sync::{oneshot, Notify};
 
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 512;
-/// Read connections in the pool: as many as reads can run at once on the
-/// machines this targets; each holds its own page cache.
+/// Reader threads, each with its connection: as many as reads can run at
+/// once on the machines this targets; each holds its own page cache.
 const READERS: usize = 2;
 /// Page cache of each reader, in KiB (SQLite's default is 2,000): the OS
 /// caches the file too, so a small cache costs little and saves memory.
@@ -105,8 +106,7 @@ pub struct SqliteStore {
 
 struct Inner {
     writer: mpsc::Sender<WriteJob>,
-    readers: Mutex<Vec<Connection>>,
-    read_slots: Semaphore,
+    readers: ReadPool,
     path: PathBuf,
     outbox: Arc<Notify>,
     /// The last event this store's relay published. Removing published
@@ -168,6 +168,8 @@ impl SqliteStore {
                 .map_err(open_err)?;
             readers.push(conn);
         }
+        let readers = ReadPool::start(readers)
+            .map_err(|e| open_err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
         let outbox = Arc::new(Notify::new());
         let (tx, rx) = mpsc::channel();
         let writer_state = Writer {
@@ -183,8 +185,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 writer: tx,
-                readers: Mutex::new(readers),
-                read_slots: Semaphore::new(READERS),
+                readers,
                 path: path.to_owned(),
                 outbox,
                 relayed: AtomicI64::new(0),
@@ -309,31 +310,14 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        let _slot = self
-            .inner
-            .read_slots
-            .acquire()
-            .await
-            .map_err(|_| DomainError::Storage)?;
-        let inner = Arc::clone(&self.inner);
-        let result = tokio::task::spawn_blocking(move || {
-            // The semaphore guarantees a free connection.
-            let conn = inner.readers.lock().ok()?.pop()?;
-            let result = f(&conn);
-            if let Ok(mut pool) = inner.readers.lock() {
-                pool.push(conn);
-            }
-            Some(result)
-        })
-        .await;
-        match result {
-            Ok(Some(Ok(value))) => Ok(value),
-            Ok(Some(Err(e))) => {
+        match self.inner.readers.run(f).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => {
                 tracing::error!(error = %e, "database read failed");
                 Err(DomainError::Storage)
             }
-            Ok(None) | Err(_) => {
-                tracing::error!("database read could not run");
+            Err(e) => {
+                tracing::error!(error = %e, "database read could not run");
                 Err(DomainError::Storage)
             }
         }

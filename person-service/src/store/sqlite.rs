@@ -29,9 +29,10 @@ use super::{
 };
 use crate::domain::{DomainError, Page, Person};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, Notify};
 
@@ -48,6 +49,9 @@ const CLEAR_DELAY: Duration = Duration::from_secs(1);
 /// Statements the writer keeps prepared: its writes, its outbox and
 /// request-record statements, and its transaction control.
 const WRITER_STATEMENTS: usize = 32;
+/// Most committed events kept in memory for the relay (a broker outage
+/// piles them up; past this the relay reads them from the table).
+const RECENT_EVENTS: usize = 4096;
 /// How often the writer removes expired request records.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// How long an open that SQLite finds busy is tried again.
@@ -114,6 +118,49 @@ struct Inner {
     /// the start; with one writer, ids are in commit order and no event
     /// can commit below it later.
     relayed: AtomicI64,
+    /// The events this store's writer committed lately, for the relay.
+    recent: Arc<Mutex<RecentEvents>>,
+}
+
+/// The newest events this store's writer committed, kept in memory so the
+/// relay can take them without reading them back: a read on a reader
+/// thread and a JSON decode of every event, per batch (BENCHMARKS.md).
+/// The table stays the truth: whenever the memory cannot vouch for having
+/// every event the relay is missing (at start, after a failed publish,
+/// after it overflowed), the relay reads the table.
+///
+/// Events another process commits to the same file are not here; that
+/// process's own relay publishes them.
+#[derive(Debug, Default)]
+struct RecentEvents {
+    /// Oldest first; ids ascend (one writer).
+    events: VecDeque<OutboxEvent>,
+    /// Every event with a higher id that this writer committed is in
+    /// `events`; `None`: not known, read the table.
+    complete_after: Option<i64>,
+    /// Bumped whenever events are dropped unpublished for lack of room, so
+    /// a table read that ran meanwhile does not vouch for the memory.
+    epoch: u64,
+}
+
+impl RecentEvents {
+    /// Events committed by the writer, in id order.
+    fn push(&mut self, committed: Vec<OutboxEvent>) {
+        if self.events.len() + committed.len() > RECENT_EVENTS {
+            self.events.clear();
+            self.complete_after = None;
+            self.epoch += 1;
+            return;
+        }
+        self.events.extend(committed);
+    }
+
+    /// Drops what the relay has already read or published.
+    fn forget_through(&mut self, id: i64) {
+        while self.events.front().is_some_and(|e| e.id <= id) {
+            self.events.pop_front();
+        }
+    }
 }
 
 impl SqliteStore {
@@ -171,10 +218,12 @@ impl SqliteStore {
         let readers = ReadPool::start(readers)
             .map_err(|e| open_err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
         let outbox = Arc::new(Notify::new());
+        let recent = Arc::new(Mutex::new(RecentEvents::default()));
         let (tx, rx) = mpsc::channel();
         let writer_state = Writer {
             conn: writer,
             outbox: Arc::clone(&outbox),
+            recent: Arc::clone(&recent),
             request_ttl: options.request_ttl,
             last_prune: None,
         };
@@ -189,6 +238,7 @@ impl SqliteStore {
                 path: path.to_owned(),
                 outbox,
                 relayed: AtomicI64::new(0),
+                recent,
             }),
         })
     }
@@ -267,11 +317,48 @@ impl SqliteStore {
 
     pub(crate) async fn claim_outbox(&self, limit: usize) -> Result<OutboxClaim, DomainError> {
         let after = self.inner.relayed.load(Ordering::Acquire);
+        let epoch = {
+            let mut recent = self.recent();
+            recent.forget_through(after);
+            if recent.complete_after.is_some_and(|c| c <= after) {
+                let take = recent.events.len().min(limit);
+                let events: Vec<OutboxEvent> = recent.events.drain(..take).collect();
+                // Taken out of memory: should they not all be published,
+                // the relay reads the rest from the table.
+                if let Some(last) = events.last() {
+                    recent.complete_after = Some(last.id);
+                }
+                return Ok(OutboxClaim {
+                    events,
+                    inner: ClaimInner::Sqlite(self.clone()),
+                });
+            }
+            recent.epoch
+        };
         let events = self.outbox_after(after, limit).await?;
+        if events.len() < limit {
+            // The read saw every event committed before it; the writer puts
+            // each one committed after it in memory, unless it dropped some
+            // meanwhile.
+            let mut recent = self.recent();
+            if recent.epoch == epoch {
+                let last = events.last().map_or(after, |e| e.id);
+                recent.forget_through(last);
+                recent.complete_after = Some(last);
+            }
+        }
         Ok(OutboxClaim {
             events,
             inner: ClaimInner::Sqlite(self.clone()),
         })
+    }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, RecentEvents> {
+        // The lock guards plain data; a panic elsewhere leaves it usable.
+        self.inner
+            .recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Removes published events lazily: the deletes are committed with the
@@ -396,9 +483,9 @@ type Batched = (
     oneshot::Sender<Result<Written, DomainError>>,
 );
 
-/// Each job's outcome, whether any event went into the outbox, and
+/// Each job's outcome, the events that went into the outbox, and
 /// whether the held-back outbox deletes were committed.
-type BatchOutcome = (Vec<Result<Written, DomainError>>, bool, bool);
+type BatchOutcome = (Vec<Result<Written, DomainError>>, Vec<OutboxEvent>, bool);
 
 /// How the writes of one batch are kept apart.
 #[derive(Clone, Copy, Debug)]
@@ -434,6 +521,7 @@ fn run(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 struct Writer {
     conn: Connection,
     outbox: Arc<Notify>,
+    recent: Arc<Mutex<RecentEvents>>,
     request_ttl: Duration,
     last_prune: Option<Instant>,
 }
@@ -485,7 +573,11 @@ impl Writer {
                 if cleared {
                     pending_clear.clear();
                 }
-                if events {
+                if !events.is_empty() {
+                    self.recent
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push(events);
                     self.outbox.notify_one();
                 }
                 for ((_, _, reply), outcome) in batch.into_iter().zip(outcomes) {
@@ -541,7 +633,7 @@ impl Writer {
                         tracing::error!(error = %e, writes = batch.len(), "database write transaction failed");
                         (
                             batch.iter().map(|_| Err(DomainError::Storage)).collect(),
-                            false,
+                            Vec::new(),
                             false,
                         )
                     }
@@ -563,7 +655,7 @@ impl Writer {
         run(conn, "BEGIN IMMEDIATE")?;
         let now = unix_now();
         let mut outcomes = Vec::with_capacity(batch.len());
-        let mut events = false;
+        let mut events = Vec::new();
         for (op, meta, _) in batch {
             let outcome = match isolation {
                 Isolation::Shared => match apply_job(conn, op, meta, now) {
@@ -591,7 +683,7 @@ impl Writer {
                 }
             };
             outcomes.push(outcome.map(|(written, emitted)| {
-                events |= emitted;
+                events.extend(emitted);
                 written
             }));
         }
@@ -649,14 +741,13 @@ impl Writer {
 }
 
 /// Applies one write: replays a recorded answer, or makes the change,
-/// records its event and its answer. Returns whether an event was
-/// recorded.
+/// records its event and its answer. Returns the event recorded.
 fn apply_job(
     conn: &Connection,
     op: &WriteOp,
     meta: &WriteMeta,
     now: i64,
-) -> Result<(Written, bool), JobError> {
+) -> Result<(Written, Option<OutboxEvent>), JobError> {
     let method = op.method();
     if let Some(request_id) = &meta.request_id {
         let recorded: Option<(String, String)> = conn
@@ -673,7 +764,7 @@ fn apply_job(
                         method,
                         "redelivered request: answering with the recorded result"
                     );
-                    return Ok((written, false));
+                    return Ok((written, None));
                 }
             }
             tracing::warn!(
@@ -685,18 +776,24 @@ fn apply_job(
         }
     }
     let written = apply(conn, op)?;
-    let mut emitted = false;
+    let mut emitted = None;
     if let Some(ctx) = &meta.event {
         if let Some((event_type, payload)) = op.event(&written) {
             let (stack, data) = context_columns(ctx);
-            conn.prepare_cached(
-                "INSERT INTO event_outbox (event_type, payload, call_id_stack, context, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![event_type, payload.to_string(), stack, data, now])
-            })?;
-            emitted = true;
+            let id = conn
+                .prepare_cached(
+                    "INSERT INTO event_outbox (event_type, payload, call_id_stack, context, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .and_then(|mut s| {
+                    s.insert(params![event_type, payload.to_string(), stack, data, now])
+                })?;
+            emitted = Some(OutboxEvent {
+                id,
+                event_type: event_type.to_owned(),
+                payload,
+                context: ctx.clone(),
+            });
         }
     }
     if let Some(request_id) = &meta.request_id {
@@ -845,6 +942,7 @@ mod tests {
         let mut writer = Writer {
             conn,
             outbox: Arc::new(Notify::new()),
+            recent: Arc::default(),
             request_ttl: Duration::from_secs(60),
             last_prune: None,
         };
@@ -873,7 +971,8 @@ mod tests {
             ),
         ];
         let (outcomes, events, _) = writer.commit_batch(&batch, &[]);
-        assert!(events);
+        let created: Vec<_> = events.iter().map(|e| e.payload["age"].clone()).collect();
+        assert_eq!(created, vec![serde_json::json!(1), serde_json::json!(3)]);
         let ages: Vec<_> = outcomes
             .iter()
             .map(|o| match o {
@@ -900,6 +999,96 @@ mod tests {
         );
         assert_eq!(count("SELECT count(*) FROM processed_request"), 2);
         assert!(writer.conn.is_autocommit(), "no transaction left open");
+    }
+
+    /// The relay takes events from memory only while memory holds every
+    /// one it has not published; otherwise from the table. Either way it
+    /// gets what the table holds.
+    #[tokio::test]
+    async fn the_relay_takes_committed_events_from_memory_or_else_the_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("p.db"), StoreOptions::default()).unwrap();
+        let meta = || WriteMeta {
+            request_id: None,
+            event: Some(super::super::EventContext {
+                call_id_stack: vec!["caller.call-1".into()],
+                data: Default::default(),
+            }),
+        };
+        let create = |n: i64| {
+            let person = NewPerson {
+                first_name: format!("P{n}"),
+                last_name: "L".into(),
+                age: n,
+                member: false,
+            };
+            store.write(WriteOp::Create(person), meta())
+        };
+        let ages = |claim: &OutboxClaim| -> Vec<i64> {
+            claim
+                .events()
+                .iter()
+                .map(|e| e.payload["age"].as_i64().unwrap())
+                .collect()
+        };
+        for n in 1..=3 {
+            create(n).await.unwrap();
+        }
+        // At start memory vouches for nothing: the table is read.
+        assert_eq!(store.recent().complete_after, None);
+        let first = store.claim_outbox(10).await.unwrap();
+        assert_eq!(ages(&first), vec![1, 2, 3]);
+        let table = store.outbox_after(0, 10).await.unwrap();
+        assert_eq!(first.events(), table.as_slice());
+        first.finish(1).await.unwrap();
+        // Two were not published: they come again, from the table.
+        let again = store.claim_outbox(10).await.unwrap();
+        assert_eq!(ages(&again), vec![2, 3]);
+        again.finish(2).await.unwrap();
+        // Caught up: new events come from memory, exactly as stored.
+        create(4).await.unwrap();
+        create(5).await.unwrap();
+        assert!(store.recent().complete_after.is_some());
+        let from_memory = store.claim_outbox(10).await.unwrap();
+        assert!(store.recent().events.is_empty(), "taken from memory");
+        let after = table.last().unwrap().id;
+        assert_eq!(
+            from_memory.events(),
+            store.outbox_after(after, 10).await.unwrap().as_slice()
+        );
+        assert_eq!(ages(&from_memory), vec![4, 5]);
+        // A failed publish: memory no longer has them, the table does.
+        from_memory.finish(0).await.unwrap();
+        let retried = store.claim_outbox(10).await.unwrap();
+        assert_eq!(ages(&retried), vec![4, 5]);
+        retried.finish(2).await.unwrap();
+        assert!(store.claim_outbox(10).await.unwrap().is_empty());
+    }
+
+    /// Overflowing memory makes the relay read the table again, even a
+    /// read that started before the overflow.
+    #[test]
+    fn overflowing_memory_vouches_for_nothing() {
+        let event = |id| OutboxEvent {
+            id,
+            event_type: "e".into(),
+            payload: serde_json::Value::Null,
+            context: Default::default(),
+        };
+        let mut recent = RecentEvents {
+            complete_after: Some(0),
+            ..RecentEvents::default()
+        };
+        recent.push((1..=10).map(event).collect());
+        assert_eq!(recent.events.len(), 10);
+        let epoch = recent.epoch;
+        recent.push((11..=11 + RECENT_EVENTS as i64).map(event).collect());
+        assert!(recent.events.is_empty());
+        assert_eq!(recent.complete_after, None);
+        assert_ne!(recent.epoch, epoch);
+        recent.push(vec![event(5000)]);
+        recent.forget_through(4999);
+        assert_eq!(recent.events.len(), 1);
     }
 
     /// Published events go in runs of consecutive ids, one delete each.

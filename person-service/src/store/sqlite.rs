@@ -85,6 +85,22 @@ const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL
     ) WITHOUT ROWID;
     CREATE INDEX processed_request_age ON processed_request (created_at);",
+    // 4: the same records in insertion order. Keyed by the (random)
+    // correlation id with an index on age, every record landed on a random
+    // page of two B-trees: two page writes per create in each commit. In
+    // insertion order only the correlation-id index is random, and records
+    // expire from the front of the table.
+    "CREATE TABLE processed_request_by_age (
+        seq        INTEGER PRIMARY KEY,
+        request_id TEXT    NOT NULL UNIQUE,
+        method     TEXT    NOT NULL,
+        response   TEXT    NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    INSERT INTO processed_request_by_age (request_id, method, response, created_at)
+        SELECT request_id, method, response, created_at FROM processed_request ORDER BY created_at;
+    DROP TABLE processed_request;
+    ALTER TABLE processed_request_by_age RENAME TO processed_request;",
 ];
 
 /// A job for the writer thread, with the channel its outcome goes back on.
@@ -730,7 +746,12 @@ impl Writer {
         self.last_prune = Some(Instant::now());
         let cutoff = expiry_cutoff(self.request_ttl);
         match self.conn.execute(
-            "DELETE FROM processed_request WHERE created_at <= ?1",
+            // Records are in time order: the expired ones are the rows
+            // before the first one that is not (a clock that stepped back
+            // keeps a few a little longer), found by walking from the front.
+            "DELETE FROM processed_request WHERE seq < coalesce(
+                (SELECT seq FROM processed_request WHERE created_at > ?1 ORDER BY seq LIMIT 1),
+                (SELECT max(seq) FROM processed_request) + 1)",
             params![cutoff],
         ) {
             Ok(0) => {}
@@ -926,6 +947,59 @@ mod tests {
             SqliteStore::open(&path, StoreOptions::default()),
             Err(StoreError::TooNew { found: 99, .. })
         ));
+    }
+
+    /// A database of schema 3 keeps its request records through migration
+    /// 4: a redelivery of a request answered before the upgrade still gets
+    /// its first answer, and expired records still go.
+    #[tokio::test]
+    async fn request_records_survive_the_move_to_insertion_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..3] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 3).unwrap();
+            conn.execute_batch(&format!(
+                "INSERT INTO person (first_name, last_name, age, member) VALUES ('Ada', 'L', 36, 1);
+                 INSERT INTO processed_request VALUES
+                   ('old', 'create', '{{\"Person\":{{\"id\":1,\"first_name\":\"Ada\",\"last_name\":\"L\",\"age\":36,\"member\":true}}}}', 1),
+                   ('kept', 'create', '{{\"Person\":{{\"id\":1,\"first_name\":\"Ada\",\"last_name\":\"L\",\"age\":36,\"member\":true}}}}', {now});",
+                now = unix_now()
+            ))
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path, StoreOptions::default()).unwrap();
+        let replay = NewPerson {
+            first_name: "Other".into(),
+            last_name: "X".into(),
+            age: 1,
+            member: false,
+        };
+        let meta = WriteMeta {
+            request_id: Some("kept".into()),
+            event: None,
+        };
+        match store.write(WriteOp::Create(replay), meta).await.unwrap() {
+            Written::Person(p) => assert_eq!((p.id, p.first_name.as_str()), (1, "Ada")),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(store.count().await.unwrap(), 1, "the replay wrote nothing");
+        // The writer prunes after its first batch ('old', from 1970,
+        // expires); a flush is answered after that.
+        store.flush().await.unwrap();
+        drop(store);
+        let conn = Connection::open(&path).unwrap();
+        let ids: Vec<String> = conn
+            .prepare("SELECT request_id FROM processed_request ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(ids, vec!["kept".to_owned()]);
     }
 
     /// A batch runs without savepoints; a write that fails with a database

@@ -164,6 +164,13 @@ struct RecentEvents {
 }
 
 impl RecentEvents {
+    /// The lock guards plain data; a panic elsewhere leaves it usable.
+    fn lock(recent: &Mutex<RecentEvents>) -> std::sync::MutexGuard<'_, RecentEvents> {
+        recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Events committed by the writer, in id order.
     fn push(&mut self, committed: Vec<OutboxEvent>) {
         if self.events.len() + committed.len() > RECENT_EVENTS {
@@ -374,11 +381,7 @@ impl SqliteStore {
     }
 
     fn recent(&self) -> std::sync::MutexGuard<'_, RecentEvents> {
-        // The lock guards plain data; a panic elsewhere leaves it usable.
-        self.inner
-            .recent
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        RecentEvents::lock(&self.inner.recent)
     }
 
     /// Removes published events lazily: the deletes are committed with the
@@ -595,10 +598,7 @@ impl Writer {
                     pending_clear.clear();
                 }
                 if !events.is_empty() {
-                    self.recent
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .push(events);
+                    RecentEvents::lock(&self.recent).push(events);
                     self.outbox.notify_one();
                 }
                 for ((_, _, reply), outcome) in batch.into_iter().zip(outcomes) {
@@ -911,6 +911,16 @@ mod tests {
     use super::*;
     use crate::domain::NewPerson;
 
+    /// The first column of every row `sql` returns.
+    fn column<T: rusqlite::types::FromSql>(conn: &Connection, sql: &str) -> Vec<T> {
+        conn.prepare(sql)
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
     #[test]
     fn reopening_does_not_migrate_twice() {
         let dir = tempfile::tempdir().unwrap();
@@ -997,13 +1007,10 @@ mod tests {
         store.flush().await.unwrap();
         drop(store);
         let conn = Connection::open(&path).unwrap();
-        let ids: Vec<String> = conn
-            .prepare("SELECT request_id FROM processed_request ORDER BY seq")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let ids: Vec<String> = column(
+            &conn,
+            "SELECT request_id FROM processed_request ORDER BY seq",
+        );
         assert_eq!(ids, vec!["kept".to_owned()]);
     }
 
@@ -1183,13 +1190,7 @@ mod tests {
             .unwrap();
         }
         delete_outbox(&conn, &[7, 2, 3, 9, 3, 4]).unwrap();
-        let left: Vec<i64> = conn
-            .prepare("SELECT id FROM event_outbox ORDER BY id")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let left: Vec<i64> = column(&conn, "SELECT id FROM event_outbox ORDER BY id");
         assert_eq!(left, vec![1, 5, 6, 8, 10]);
     }
 

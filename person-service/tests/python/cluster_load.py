@@ -7,7 +7,10 @@ passed.
 Each call's outcome is one JSON line on OUT_FILE (flushed at once, so the
 test follows the load as it goes):
   {"m": marker, "ok": id, "t": epoch seconds at the answer}
-  {"m": marker, "err": exception type, "msg": text, "t": epoch seconds}
+  {"m": marker, "err": exception type, "msg": text, "first": URI, "t": epoch seconds}
+where "first" is the broker the caller's list starts at (kombu tries it
+first whenever it connects), so the test can tell the callers a node kill
+hits from the others.
 A caller whose call failed makes a new proxy (its reply consumer may be on a
 dead connection) before its next call.
 
@@ -54,9 +57,13 @@ def done():
     return os.path.exists(STOP) or time.time() > DEADLINE
 
 
-def open_proxy(caller):
+def first_uri(caller):
     # Each caller's list starts at a different node, so the callers spread
     # over the cluster.
+    return URIS[caller % len(URIS)]
+
+
+def open_proxy(caller):
     start = caller % len(URIS)
     uri = ";".join(URIS[start:] + URIS[:start])
     proxy = ClusterRpcProxy({"AMQP_URI": uri}, timeout=TIMEOUT)
@@ -83,7 +90,7 @@ def caller(c):
             write({"m": marker, "ok": pid, "t": time.time()})
         except Exception as e:
             write({"m": marker, "err": kind(e), "msg": (str(e) or repr(e))[:200],
-                   "t": time.time()})
+                   "first": first_uri(c), "t": time.time()})
             try:
                 proxy.stop()
             except Exception:

@@ -17,7 +17,7 @@
 //! left is published after a restart.
 
 use crate::store::Store;
-use rpc_core::{CancellationToken, Config, EventDispatcher, OutgoingEvent};
+use rpc_core::{CancellationToken, Config, EncodedEvent, EventDispatcher};
 use std::time::Duration;
 
 /// Events published in one go.
@@ -101,18 +101,18 @@ async fn drain(
                 continue;
             }
         };
-        let events: Vec<OutgoingEvent> = claim
+        let events: Vec<EncodedEvent<'_>> = claim
             .events()
             .iter()
-            .map(|e| OutgoingEvent {
-                source_service: source.to_owned(),
-                event_type: e.event_type.clone(),
-                data: e.payload.clone(),
-                call_id_stack: e.context.call_id_stack.clone(),
-                context: e.context.data.clone(),
+            .map(|e| EncodedEvent {
+                source_service: source,
+                event_type: &e.event_type,
+                body: &e.body,
+                call_id_stack: &e.context.call_id_stack,
+                context: &e.context.data,
             })
             .collect();
-        let outcome = d.dispatch_batch(&events).await;
+        let outcome = d.dispatch_encoded(&events).await;
         let done = *outcome.as_ref().unwrap_or(&0);
         let nacked = done < events.len();
         claim.finish(done).await.map_err(|e| e.to_string())?;

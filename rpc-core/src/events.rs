@@ -137,6 +137,32 @@ impl EventDispatcher {
     /// first events the broker confirmed; on a failure the rest are not
     /// known to be published (send them again).
     pub async fn dispatch_batch(&self, events: &[OutgoingEvent]) -> Result<usize, DispatchError> {
+        let bodies = events
+            .iter()
+            .map(|e| wire::json::to_vec(&e.data))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| DispatchError::Serialize(e.to_string()))?;
+        let encoded: Vec<EncodedEvent<'_>> = events
+            .iter()
+            .zip(&bodies)
+            .map(|(e, body)| EncodedEvent {
+                source_service: &e.source_service,
+                event_type: &e.event_type,
+                body,
+                call_id_stack: &e.call_id_stack,
+                context: &e.context,
+            })
+            .collect();
+        self.dispatch_encoded(&encoded).await
+    }
+
+    /// [`dispatch_batch`](Self::dispatch_batch) for events whose bodies are
+    /// already encoded: a relay that keeps events as the bytes it will send
+    /// publishes them without building and serialising a JSON tree again.
+    pub async fn dispatch_encoded(
+        &self,
+        events: &[EncodedEvent<'_>],
+    ) -> Result<usize, DispatchError> {
         if events.is_empty() {
             return Ok(0);
         }
@@ -156,27 +182,33 @@ impl EventDispatcher {
         let failed = |e: lapin::Error| DispatchError::Publish(e.to_string());
         let work = async {
             let mut confirms = Vec::with_capacity(events.len());
+            // A relay's batch is one service's events: its exchange name
+            // is built (and declared) once, not per event.
+            let mut exchange: Option<(&str, lapin::types::ShortString)> = None;
             for event in events {
-                let exchange = wire::short_string(&wire::events_exchange(&event.source_service))?;
-                let routing_key = wire::short_string(&event.event_type)?;
-                let body = wire::json::to_vec(&event.data)
-                    .map_err(|e| DispatchError::Serialize(e.to_string()))?;
+                let name = match &exchange {
+                    Some((source, name)) if *source == event.source_service => name.clone(),
+                    _ => {
+                        let name =
+                            wire::short_string(&wire::events_exchange(event.source_service))?;
+                        session.ensure_topic_exchange(&name).await.map_err(failed)?;
+                        exchange = Some((event.source_service, name.clone()));
+                        name
+                    }
+                };
+                let routing_key = wire::short_string(event.event_type)?;
                 let headers = if event.call_id_stack.is_empty() && event.context.is_empty() {
                     FieldTable::default()
                 } else {
-                    wire::write_context(&event.call_id_stack, &event.context)
+                    wire::write_context(event.call_id_stack, event.context)
                 };
-                session
-                    .ensure_topic_exchange(&exchange)
-                    .await
-                    .map_err(failed)?;
                 let confirm = session
                     .channel
                     .basic_publish(
-                        exchange,
+                        name,
                         routing_key,
                         BasicPublishOptions::default(),
-                        &body,
+                        event.body,
                         wire::event_properties(headers, config.delivery_mode()),
                     )
                     .await
@@ -204,6 +236,23 @@ impl EventDispatcher {
     pub async fn close(&self) {
         self.link.close().await;
     }
+}
+
+/// An event for [`EventDispatcher::dispatch_encoded`]: borrowed, its body
+/// already encoded.
+#[derive(Clone, Copy, Debug)]
+pub struct EncodedEvent<'a> {
+    /// The service the event is from (`{source_service}.events`).
+    pub source_service: &'a str,
+    /// The event type (the routing key).
+    pub event_type: &'a str,
+    /// The body, as [`wire::json::to_vec`] writes it (JSON as kombu writes
+    /// it); sent as it is.
+    pub body: &'a [u8],
+    /// Call-id stack of the call that caused it.
+    pub call_id_stack: &'a [String],
+    /// Context data sent as `nameko.<key>` headers.
+    pub context: &'a BTreeMap<String, Value>,
 }
 
 /// An event for [`EventDispatcher::dispatch_batch`], with the context it

@@ -95,7 +95,7 @@ pub use connection::{AmqpUri, BrokerList};
 pub use context::{Context, ContextProxy};
 pub use error::{CallError, ConnectError, RemoteError, RpcError};
 pub use events::{
-    DispatchError, EventDispatcher, EventHandlerOptions, OutgoingEvent, Subscription,
+    DispatchError, EncodedEvent, EventDispatcher, EventHandlerOptions, OutgoingEvent, Subscription,
 };
 pub use method::{ArgumentError, FromArgs, Signature};
 pub use proxy::{Args, PendingCall, RpcProxy};

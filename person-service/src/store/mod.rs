@@ -130,10 +130,20 @@ pub struct OutboxEvent {
     pub id: i64,
     /// `person_created`, `person_updated` or `person_deleted`.
     pub event_type: String,
-    /// The event's data.
-    pub payload: Value,
+    /// The event's data, encoded as it is published
+    /// ([`rpc_core::wire::json::to_vec`]): the relay sends these bytes as
+    /// they are, the table keeps them as text.
+    pub body: Vec<u8>,
     /// The context it is sent with.
     pub context: EventContext,
+}
+
+#[cfg(test)]
+impl OutboxEvent {
+    /// The body decoded, for tests to compare.
+    pub(crate) fn data(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("an outbox body is JSON")
+    }
 }
 
 /// The outcome of a write, as recorded for replays.
@@ -165,23 +175,33 @@ impl WriteOp {
         }
     }
 
-    /// The event a successful change emits: its type and data.
-    pub(crate) fn event(&self, written: &Written) -> Option<(&'static str, Value)> {
-        match (self, written) {
-            (WriteOp::Create(_), Written::Person(p)) => Some((
-                "person_created",
-                serde_json::to_value(p).unwrap_or(Value::Null),
-            )),
-            (WriteOp::Update(..), Written::Person(p)) => Some((
-                "person_updated",
-                serde_json::to_value(p).unwrap_or(Value::Null),
-            )),
-            (WriteOp::Delete(_), Written::Deleted(id)) => {
-                Some(("person_deleted", serde_json::json!({ "id": id })))
-            }
-            _ => None,
-        }
+    /// The event a successful change emits: its type and its data,
+    /// encoded once here for both the outbox row and the publish.
+    pub(crate) fn event(&self, written: &Written) -> Option<(&'static str, Vec<u8>)> {
+        let (event_type, body) = match (self, written) {
+            (WriteOp::Create(_), Written::Person(p)) => ("person_created", encode_event(p)),
+            (WriteOp::Update(..), Written::Person(p)) => ("person_updated", encode_event(p)),
+            (WriteOp::Delete(_), Written::Deleted(id)) => (
+                "person_deleted",
+                encode_event(&serde_json::json!({ "id": id })),
+            ),
+            _ => return None,
+        };
+        Some((event_type, body))
     }
+}
+
+/// An event's data as it goes on the wire. Plain data always encodes;
+/// should it not, the event still goes out, as `null`, rather than failing
+/// the write that caused it.
+fn encode_event<T: Serialize>(data: &T) -> Vec<u8> {
+    rpc_core::wire::json::to_vec(data).unwrap_or_else(|_| b"null".to_vec())
+}
+
+/// An outbox row's payload column: the encoded body as text (the encoder
+/// writes ASCII-only JSON, so this never fails in practice).
+pub(crate) fn body_text(body: &[u8]) -> &str {
+    std::str::from_utf8(body).unwrap_or("null")
 }
 
 /// Encodes an event's context for its outbox row.
@@ -193,7 +213,9 @@ pub(crate) fn context_columns(ctx: &EventContext) -> (String, String) {
 }
 
 /// Decodes an outbox row. A context that does not decode is sent empty
-/// rather than holding the event back for ever.
+/// rather than holding the event back for ever. The payload is decoded and
+/// encoded again: that checks it is JSON and gives rows written by an
+/// earlier version (compact JSON) the wire's own form.
 pub(crate) fn outbox_event(
     id: i64,
     event_type: String,
@@ -204,7 +226,7 @@ pub(crate) fn outbox_event(
     Ok(OutboxEvent {
         id,
         event_type,
-        payload: serde_json::from_str(payload)?,
+        body: rpc_core::wire::json::to_vec(&serde_json::from_str::<Value>(payload)?)?,
         context: EventContext {
             call_id_stack: serde_json::from_str(call_id_stack).unwrap_or_default(),
             data: serde_json::from_str(context).unwrap_or_default(),

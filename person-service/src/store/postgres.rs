@@ -25,8 +25,8 @@
 //! when it is back.
 
 use super::{
-    context_columns, expiry_cutoff, outbox_event, unix_now, ClaimInner, OutboxClaim, OutboxEvent,
-    PostgresUrl, StoreError, StoreOptions, Unhealthy, WriteMeta, WriteOp, Written,
+    body_text, context_columns, expiry_cutoff, outbox_event, unix_now, ClaimInner, OutboxClaim,
+    OutboxEvent, PostgresUrl, StoreError, StoreOptions, Unhealthy, WriteMeta, WriteOp, Written,
 };
 use crate::domain::{DomainError, Page, Person};
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
@@ -475,7 +475,7 @@ async fn write_on(
     };
     let mut emitted = false;
     if let Some(ctx) = &meta.event {
-        if let Some((event_type, payload)) = op.event(&written) {
+        if let Some((event_type, body)) = op.event(&written) {
             let (stack, data) = context_columns(ctx);
             let insert = tx
                 .prepare_cached(
@@ -485,7 +485,7 @@ async fn write_on(
                 .await?;
             tx.execute(
                 &insert,
-                &[&event_type, &payload.to_string(), &stack, &data, &now],
+                &[&event_type, &body_text(&body), &stack, &data, &now],
             )
             .await?;
             emitted = true;

@@ -24,8 +24,8 @@
 
 use super::read_pool::ReadPool;
 use super::{
-    context_columns, expiry_cutoff, outbox_event, unix_now, ClaimInner, OutboxClaim, OutboxEvent,
-    StoreError, StoreOptions, Unhealthy, WriteMeta, WriteOp, Written,
+    body_text, context_columns, expiry_cutoff, outbox_event, unix_now, ClaimInner, OutboxClaim,
+    OutboxEvent, StoreError, StoreOptions, Unhealthy, WriteMeta, WriteOp, Written,
 };
 use crate::domain::{DomainError, Page, Person};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
@@ -804,7 +804,7 @@ fn apply_job(
     let written = apply(conn, op)?;
     let mut emitted = None;
     if let Some(ctx) = &meta.event {
-        if let Some((event_type, payload)) = op.event(&written) {
+        if let Some((event_type, body)) = op.event(&written) {
             let (stack, data) = context_columns(ctx);
             let id = conn
                 .prepare_cached(
@@ -812,12 +812,12 @@ fn apply_job(
                      VALUES (?1, ?2, ?3, ?4, ?5)",
                 )
                 .and_then(|mut s| {
-                    s.insert(params![event_type, payload.to_string(), stack, data, now])
+                    s.insert(params![event_type, body_text(&body), stack, data, now])
                 })?;
             emitted = Some(OutboxEvent {
                 id,
                 event_type: event_type.to_owned(),
-                payload,
+                body,
                 context: ctx.clone(),
             });
         }
@@ -1057,7 +1057,7 @@ mod tests {
             ),
         ];
         let (outcomes, events, _) = writer.commit_batch(&batch, &[]);
-        let created: Vec<_> = events.iter().map(|e| e.payload["age"].clone()).collect();
+        let created: Vec<_> = events.iter().map(|e| e.data()["age"].clone()).collect();
         assert_eq!(created, vec![serde_json::json!(1), serde_json::json!(3)]);
         let ages: Vec<_> = outcomes
             .iter()
@@ -1114,7 +1114,7 @@ mod tests {
             claim
                 .events()
                 .iter()
-                .map(|e| e.payload["age"].as_i64().unwrap())
+                .map(|e| e.data()["age"].as_i64().unwrap())
                 .collect()
         };
         for n in 1..=3 {
@@ -1158,7 +1158,7 @@ mod tests {
         let event = |id| OutboxEvent {
             id,
             event_type: "e".into(),
-            payload: serde_json::Value::Null,
+            body: b"null".to_vec(),
             context: Default::default(),
         };
         let mut recent = RecentEvents {

@@ -11,7 +11,9 @@ use std::io::{self, Write};
 
 /// Serialise `value` the way kombu does (`json.dumps(value)` with defaults).
 pub fn to_vec<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(128);
+    // Room for a typical reply or event (a person's record is ~150 bytes):
+    // growing the buffer once costs more than the bytes it saves.
+    let mut out = Vec::with_capacity(256);
     let mut ser = serde_json::Serializer::with_formatter(&mut out, KombuFormatter);
     value.serialize(&mut ser)?;
     Ok(out)

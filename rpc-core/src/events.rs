@@ -35,8 +35,10 @@ use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -181,18 +183,18 @@ impl EventDispatcher {
         };
         let failed = |e: lapin::Error| DispatchError::Publish(e.to_string());
         let work = async {
-            let mut confirms = Vec::with_capacity(events.len());
             // A relay's batch is one service's events: its exchange name
             // is built (and declared) once, not per event.
-            let mut exchange: Option<(&str, lapin::types::ShortString)> = None;
+            let mut exchanges: Vec<(&str, lapin::types::ShortString)> = Vec::new();
+            let mut messages = Vec::with_capacity(events.len());
             for event in events {
-                let name = match &exchange {
-                    Some((source, name)) if *source == event.source_service => name.clone(),
-                    _ => {
+                let exchange = match exchanges.iter().find(|(s, _)| *s == event.source_service) {
+                    Some((_, name)) => name.clone(),
+                    None => {
                         let name =
                             wire::short_string(&wire::events_exchange(event.source_service))?;
                         session.ensure_topic_exchange(&name).await.map_err(failed)?;
-                        exchange = Some((event.source_service, name.clone()));
+                        exchanges.push((event.source_service, name.clone()));
                         name
                     }
                 };
@@ -202,22 +204,22 @@ impl EventDispatcher {
                 } else {
                     wire::write_context(event.call_id_stack, event.context)
                 };
-                let confirm = session
-                    .channel
-                    .basic_publish(
-                        name,
+                messages.push((exchange, routing_key, event.body, headers));
+            }
+            let publishes = messages
+                .into_iter()
+                .map(|(exchange, routing_key, body, headers)| {
+                    session.channel.basic_publish(
+                        exchange,
                         routing_key,
                         BasicPublishOptions::default(),
-                        event.body,
+                        body,
                         wire::event_properties(headers, config.delivery_mode()),
                     )
-                    .await
-                    .map_err(failed)?;
-                confirms.push(confirm);
-            }
+                });
             let mut done = 0;
-            for confirm in confirms {
-                match confirm.await.map_err(failed)? {
+            for sent in publish_in_order(publishes).await {
+                match sent.map_err(failed)?.await.map_err(failed)? {
                     Confirmation::Nack(_) => break,
                     _ => done += 1,
                 }
@@ -236,6 +238,39 @@ impl EventDispatcher {
     pub async fn close(&self) {
         self.link.close().await;
     }
+}
+
+/// Runs publishes together, their frames queued in the order given.
+///
+/// lapin's `basic_publish` resolves only once the connection's I/O thread
+/// has written the message, so publishing a batch one `await` after another
+/// costs two thread hand-offs and a socket write per event: the profile
+/// showed that as most of what an event cost (40 µs of the service's CPU
+/// per create). Each publish registers its delivery tag and queues its
+/// frames on its first poll, with no `await` before that; polling every
+/// future once, in order, before waiting on any, queues the whole batch in
+/// order, and the I/O thread writes it in one go.
+async fn publish_in_order<F: Future>(publishes: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut pending: Vec<Pin<Box<F>>> = publishes.map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut all_ready = true;
+        for (future, output) in pending.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(value) => *output = Some(value),
+                    Poll::Pending => all_ready = false,
+                }
+            }
+        }
+        if all_ready {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
 }
 
 /// An event for [`EventDispatcher::dispatch_encoded`]: borrowed, its body

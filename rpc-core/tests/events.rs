@@ -10,8 +10,8 @@ use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use rpc_core::events::Subscription;
 use rpc_core::{
-    json, Args, Config, Context, EventDispatcher, EventHandlerOptions, RpcProxy, Service,
-    ServiceHandle, Value,
+    json, Args, Config, Context, EncodedEvent, EventDispatcher, EventHandlerOptions, OutgoingEvent,
+    RpcProxy, Service, ServiceHandle, Value,
 };
 use std::time::{Duration, Instant};
 use test_support::raw::queue_depth;
@@ -506,4 +506,60 @@ async fn declarations_match_nameko_flags() {
         .within(test_support::STOP_BOUND, "the service to stop")
         .await
         .unwrap();
+}
+
+/// A batch is published all at once (its frames queued together); the
+/// events must still arrive in the batch's order, each with its own body,
+/// encoded or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_arrives_whole_and_in_order() {
+    let mut config = config();
+    // One handler at a time: the order seen is the order delivered.
+    config.max_workers = 1;
+    let source = unique_name("batch_src");
+    let sink = unique_name("batch_sink");
+    let _cleanup = Cleanup::new()
+        .queue(&format!("evt-{source}-numbered--{sink}.on_event"))
+        .exchange(&format!("{source}.events"));
+    let (listening, mut seen) = listener(
+        &sink,
+        "sink",
+        &source,
+        "numbered",
+        EventHandlerOptions::service_pool(),
+        &config,
+    )
+    .await;
+    let events = EventDispatcher::connect(config.clone()).await.unwrap();
+    let batch: Vec<OutgoingEvent> = (0..300)
+        .map(|n| OutgoingEvent {
+            source_service: source.clone(),
+            event_type: "numbered".into(),
+            data: json!({ "n": n }),
+            ..OutgoingEvent::default()
+        })
+        .collect();
+    assert_eq!(events.dispatch_batch(&batch).await.unwrap(), 300);
+    let bodies: Vec<Vec<u8>> = (300..600)
+        .map(|n| format!(r#"{{"n": {n}}}"#).into_bytes())
+        .collect();
+    let no_context = Default::default();
+    let encoded: Vec<EncodedEvent<'_>> = bodies
+        .iter()
+        .map(|body| EncodedEvent {
+            source_service: &source,
+            event_type: "numbered",
+            body,
+            call_id_stack: &[],
+            context: &no_context,
+        })
+        .collect();
+    assert_eq!(events.dispatch_encoded(&encoded).await.unwrap(), 300);
+    for n in 0..600 {
+        let (_, data, _) = next(&mut seen).await;
+        assert_eq!(data, json!({ "n": n }), "event {n} out of order");
+    }
+    nothing_more(&mut seen).await;
+    events.close().await;
+    drop(listening);
 }

@@ -640,7 +640,9 @@ impl Writer {
     /// and the sub-journal it keeps), and writes almost never fail. A
     /// write that does fail with a database error may have left part of
     /// its change, so then the whole batch is rolled back and run again
-    /// with a savepoint per write, which undoes the failing one alone.
+    /// with a savepoint per write, which undoes the failing one alone. A
+    /// redelivered request takes that path too (see [`Replays`]): the
+    /// first attempt does not look requests up.
     fn commit_batch(&mut self, batch: &[Batched], clears: &[i64]) -> BatchOutcome {
         match self.try_batch(batch, clears, Isolation::Shared) {
             Ok(outcome) => outcome,
@@ -679,7 +681,7 @@ impl Writer {
         let mut events = Vec::new();
         for (op, meta, _) in batch {
             let outcome = match isolation {
-                Isolation::Shared => match apply_job(conn, op, meta, now) {
+                Isolation::Shared => match apply_job(conn, op, meta, now, Replays::OnConflict) {
                     Ok(applied) => Ok(applied),
                     // Nothing was changed: the row is not there.
                     Err(JobError::Refused(e)) => Err(e),
@@ -687,7 +689,7 @@ impl Writer {
                 },
                 Isolation::Savepoints => {
                     run(conn, "SAVEPOINT write")?;
-                    match apply_job(conn, op, meta, now) {
+                    match apply_job(conn, op, meta, now, Replays::LookedUp) {
                         Ok(applied) => {
                             run(conn, "RELEASE write")?;
                             Ok(applied)
@@ -766,6 +768,19 @@ impl Writer {
     }
 }
 
+/// How a write finds out that its request was answered before.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Replays {
+    /// Look the request up first; record the answer whatever was there.
+    LookedUp,
+    /// For a create: skip the lookup, and record the answer with a plain
+    /// insert, which fails when a record exists: a redelivered request then
+    /// fails the batch's first attempt, and the second attempt (a savepoint
+    /// per write) looks it up. Redeliveries are rare; a lookup per create
+    /// is an index probe each time.
+    OnConflict,
+}
+
 /// Applies one write: replays a recorded answer, or makes the change,
 /// records its event and its answer. Returns the event recorded.
 fn apply_job(
@@ -773,9 +788,16 @@ fn apply_job(
     op: &WriteOp,
     meta: &WriteMeta,
     now: i64,
+    replays: Replays,
 ) -> Result<(Written, Option<OutboxEvent>), JobError> {
     let method = op.method();
-    if let Some(request_id) = &meta.request_id {
+    // Only a create is sure to reach the insert that notices a replay: an
+    // update or delete replayed after the row went is refused before it.
+    let replays = match op {
+        WriteOp::Create(_) => replays,
+        WriteOp::Update(..) | WriteOp::Delete(_) => Replays::LookedUp,
+    };
+    if let (Some(request_id), Replays::LookedUp) = (&meta.request_id, replays) {
         let recorded: Option<(String, String)> = conn
             .prepare_cached("SELECT method, response FROM processed_request WHERE request_id = ?1")
             .and_then(|mut s| {
@@ -825,10 +847,12 @@ fn apply_job(
     if let Some(request_id) = &meta.request_id {
         let response = serde_json::to_string(&written)
             .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-        conn.prepare_cached(
-            "INSERT OR REPLACE INTO processed_request (request_id, method, response, created_at) VALUES (?1, ?2, ?3, ?4)",
-        )
-        .and_then(|mut s| s.execute(params![request_id, method, response, now]))?;
+        let record = match replays {
+            Replays::LookedUp => "INSERT OR REPLACE INTO processed_request (request_id, method, response, created_at) VALUES (?1, ?2, ?3, ?4)",
+            Replays::OnConflict => "INSERT INTO processed_request (request_id, method, response, created_at) VALUES (?1, ?2, ?3, ?4)",
+        };
+        conn.prepare_cached(record)
+            .and_then(|mut s| s.execute(params![request_id, method, response, now]))?;
     }
     Ok((written, emitted))
 }

@@ -92,13 +92,17 @@ impl Application {
         let people = People::new(self.store.clone(), &self.settings.service_name);
         let service = crate::rpc::service(&self.settings.service_name, people.clone())
             .observe(self.metrics.clone())
+            .publishes_events()
             .build();
         let rpc = service.spawn(self.config.clone());
         let relay_stop = CancellationToken::new();
+        // The events go out on the service's connection, beside its replies;
+        // the relay opens one of its own only when the service has none.
         let relay = tokio::spawn(crate::outbox::run(
             self.store.clone(),
             self.config.clone(),
             self.settings.service_name.clone(),
+            Some(rpc.publisher()),
             relay_stop.clone(),
         ));
         let http = listener.map(|(listener, addr)| {

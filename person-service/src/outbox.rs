@@ -17,7 +17,9 @@
 //! left is published after a restart.
 
 use crate::store::Store;
-use rpc_core::{CancellationToken, Config, EncodedEvent, EventDispatcher};
+use rpc_core::{
+    CancellationToken, Config, DispatchError, EncodedEvent, EventDispatcher, ServicePublisher,
+};
 use std::time::Duration;
 
 /// Events published in one go.
@@ -29,12 +31,26 @@ const FINAL_DRAIN: Duration = Duration::from_secs(5);
 /// Committing the published events' removal at stop.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Runs until `stop`, publishing events from `source` (the service name).
-pub async fn run(store: Store, config: Config, source: String, stop: CancellationToken) {
+/// Runs until `stop`, publishing events from `source` (the service name):
+/// on the service's own connection (`publisher`) while it has a session,
+/// else (reconnecting, stopped, or no publisher) on a connection of the
+/// relay's own, opened when first needed.
+pub async fn run(
+    store: Store,
+    config: Config,
+    source: String,
+    publisher: Option<ServicePublisher>,
+    stop: CancellationToken,
+) {
     let signal = store.outbox_signal();
     let mut dispatcher: Option<EventDispatcher> = None;
+    let relay = Relay {
+        store: &store,
+        source: &source,
+        publisher: publisher.as_ref(),
+    };
     loop {
-        let outcome = drain(&store, &config, &source, &mut dispatcher, &stop).await;
+        let outcome = relay.drain(&config, &mut dispatcher, &stop).await;
         if let Err(e) = &outcome {
             tracing::warn!(error = %e, retry_in_s = RETRY.as_secs(), "publishing events failed; they stay in the outbox");
         }
@@ -48,12 +64,7 @@ pub async fn run(store: Store, config: Config, source: String, stop: Cancellatio
     let mut once = config.clone();
     once.connect_retry = rpc_core::RetryPolicy::once();
     let last = CancellationToken::new();
-    match tokio::time::timeout(
-        FINAL_DRAIN,
-        drain(&store, &once, &source, &mut dispatcher, &last),
-    )
-    .await
-    {
+    match tokio::time::timeout(FINAL_DRAIN, relay.drain(&once, &mut dispatcher, &last)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "events left in the outbox at stop; they go out after a restart")
@@ -72,55 +83,76 @@ pub async fn run(store: Store, config: Config, source: String, stop: Cancellatio
     }
 }
 
-/// Publishes until the outbox is empty.
-async fn drain(
-    store: &Store,
-    config: &Config,
-    source: &str,
-    dispatcher: &mut Option<EventDispatcher>,
-    stop: &CancellationToken,
-) -> Result<(), String> {
-    loop {
-        let claim = store.claim_outbox(BATCH).await.map_err(|e| e.to_string())?;
-        if claim.is_empty() {
-            return Ok(());
-        }
-        let d = match dispatcher {
-            Some(d) => d.clone(),
-            None => {
-                // Not while holding the claim: on PostgreSQL it is an open
-                // transaction with row locks, and connecting may wait out
-                // a broker outage.
-                claim.finish(0).await.map_err(|e| e.to_string())?;
-                let connect = EventDispatcher::connect(config.clone());
-                let d = tokio::select! {
-                    _ = stop.cancelled() => return Err("stopping".into()),
-                    d = connect => d.map_err(|e| e.to_string())?,
-                };
-                *dispatcher = Some(d);
-                continue;
+struct Relay<'a> {
+    store: &'a Store,
+    source: &'a str,
+    publisher: Option<&'a ServicePublisher>,
+}
+
+impl Relay<'_> {
+    /// Publishes until the outbox is empty.
+    async fn drain(
+        &self,
+        config: &Config,
+        dispatcher: &mut Option<EventDispatcher>,
+        stop: &CancellationToken,
+    ) -> Result<(), String> {
+        loop {
+            let claim = self
+                .store
+                .claim_outbox(BATCH)
+                .await
+                .map_err(|e| e.to_string())?;
+            if claim.is_empty() {
+                return Ok(());
             }
-        };
-        let events: Vec<EncodedEvent<'_>> = claim
-            .events()
-            .iter()
-            .map(|e| EncodedEvent {
-                source_service: source,
-                event_type: &e.event_type,
-                body: &e.body,
-                call_id_stack: &e.context.call_id_stack,
-                context: &e.context.data,
-            })
-            .collect();
-        let outcome = d.dispatch_encoded(&events).await;
-        let done = *outcome.as_ref().unwrap_or(&0);
-        let nacked = done < events.len();
-        claim.finish(done).await.map_err(|e| e.to_string())?;
-        tracing::debug!(published = done, "events published");
-        match outcome {
-            Err(e) => return Err(e.to_string()),
-            Ok(_) if nacked => return Err("the broker nacked an event".into()),
-            Ok(_) => {}
+            let events: Vec<EncodedEvent<'_>> = claim
+                .events()
+                .iter()
+                .map(|e| EncodedEvent {
+                    source_service: self.source,
+                    event_type: &e.event_type,
+                    body: &e.body,
+                    call_id_stack: &e.context.call_id_stack,
+                    context: &e.context.data,
+                })
+                .collect();
+            let outcome = match (self.publisher.filter(|p| p.is_connected()), &*dispatcher) {
+                (Some(publisher), _) => match publisher.dispatch_encoded(&events).await {
+                    // The session went in the meantime: nothing was sent.
+                    Err(DispatchError::NotConnected(_)) => {
+                        drop(events);
+                        claim.finish(0).await.map_err(|e| e.to_string())?;
+                        continue;
+                    }
+                    outcome => outcome,
+                },
+                (None, Some(d)) => d.dispatch_encoded(&events).await,
+                (None, None) => {
+                    // Not while holding the claim: on PostgreSQL it is an
+                    // open transaction with row locks, and connecting may
+                    // wait out a broker outage.
+                    drop(events);
+                    claim.finish(0).await.map_err(|e| e.to_string())?;
+                    let connect = EventDispatcher::connect(config.clone());
+                    let d = tokio::select! {
+                        _ = stop.cancelled() => return Err("stopping".into()),
+                        d = connect => d.map_err(|e| e.to_string())?,
+                    };
+                    *dispatcher = Some(d);
+                    continue;
+                }
+            };
+            let done = *outcome.as_ref().unwrap_or(&0);
+            let nacked = done < events.len();
+            drop(events);
+            claim.finish(done).await.map_err(|e| e.to_string())?;
+            tracing::debug!(published = done, "events published");
+            match outcome {
+                Err(e) => return Err(e.to_string()),
+                Ok(_) if nacked => return Err("the broker nacked an event".into()),
+                Ok(_) => {}
+            }
         }
     }
 }

@@ -191,3 +191,79 @@ async fn events_committed_while_nothing_publishes_go_out_at_start() {
         .await
         .unwrap();
 }
+
+/// The relay publishes on the service's connection while the service has
+/// one; with the service stopped (as in the last drain of a shutdown) it
+/// falls back on a connection of its own, and the events still go out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_service_stopped_the_relay_publishes_on_its_own_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("person.db");
+    let name = unique_name("person");
+    let _cleanup = Cleanup::new()
+        .service(&name)
+        .exchange(&format!("{name}.events"));
+    let config = rpc_core::Config::new(&test_support::require_broker()).unwrap();
+    // A service that has come and gone: its publisher has no session.
+    let mut stopped = Service::builder(&name)
+        .publishes_events()
+        .method(
+            "ping",
+            rpc_core::Signature::new(),
+            |_: Context, (): ()| async { Ok::<_, rpc_core::RpcError>(true) },
+        )
+        .build()
+        .spawn(config.clone());
+    stopped
+        .ready()
+        .within(test_support::START_BOUND, "the service to start")
+        .await
+        .unwrap();
+    let publisher = stopped.publisher();
+    stopped
+        .shutdown()
+        .within(test_support::STOP_BOUND, "the service to stop")
+        .await
+        .unwrap();
+    assert!(!publisher.is_connected());
+
+    let (watcher, mut seen, _c) = subscribe(&name).await;
+    let store = Store::open(&db).unwrap();
+    store
+        .create(
+            NewPerson::new("After".into(), "Stop".into(), 3, false).unwrap(),
+            WriteMeta {
+                request_id: None,
+                event: Some(EventContext::default()),
+            },
+        )
+        .await
+        .unwrap();
+    let stop = rpc_core::CancellationToken::new();
+    let relay = tokio::spawn(person_service::outbox::run(
+        store.clone(),
+        config,
+        name.clone(),
+        Some(publisher),
+        stop.clone(),
+    ));
+    let (kind, data, _) = next(&mut seen).await;
+    assert_eq!(
+        (kind.as_str(), &data["first_name"]),
+        ("person_created", &json!("After"))
+    );
+    stop.cancel();
+    relay
+        .within(test_support::STOP_BOUND, "the relay to stop")
+        .await
+        .unwrap();
+    assert!(
+        store.outbox(10).await.unwrap().is_empty(),
+        "published events leave the outbox"
+    );
+    watcher
+        .shutdown()
+        .within(test_support::STOP_BOUND, "the service to stop")
+        .await
+        .unwrap();
+}

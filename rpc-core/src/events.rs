@@ -28,7 +28,7 @@ use crate::wire::{self, EventHandlerType, WireError};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use lapin::options::BasicPublishOptions;
-use lapin::types::FieldTable;
+use lapin::types::{FieldTable, ShortString};
 use lapin::Confirmation;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -185,46 +185,15 @@ impl EventDispatcher {
         let work = async {
             // A relay's batch is one service's events: its exchange name
             // is built (and declared) once, not per event.
-            let mut exchanges: Vec<(&str, lapin::types::ShortString)> = Vec::new();
-            let mut messages = Vec::with_capacity(events.len());
+            let mut exchanges: Vec<(&str, ShortString)> = Vec::new();
             for event in events {
-                let exchange = match exchanges.iter().find(|(s, _)| *s == event.source_service) {
-                    Some((_, name)) => name.clone(),
-                    None => {
-                        let name =
-                            wire::short_string(&wire::events_exchange(event.source_service))?;
-                        session.ensure_topic_exchange(&name).await.map_err(failed)?;
-                        exchanges.push((event.source_service, name.clone()));
-                        name
-                    }
-                };
-                let routing_key = wire::short_string(event.event_type)?;
-                let headers = if event.call_id_stack.is_empty() && event.context.is_empty() {
-                    FieldTable::default()
-                } else {
-                    wire::write_context(event.call_id_stack, event.context)
-                };
-                messages.push((exchange, routing_key, event.body, headers));
-            }
-            let publishes = messages
-                .into_iter()
-                .map(|(exchange, routing_key, body, headers)| {
-                    session.channel.basic_publish(
-                        exchange,
-                        routing_key,
-                        BasicPublishOptions::default(),
-                        body,
-                        wire::event_properties(headers, config.delivery_mode()),
-                    )
-                });
-            let mut done = 0;
-            for sent in publish_in_order(publishes).await {
-                match sent.map_err(failed)?.await.map_err(failed)? {
-                    Confirmation::Nack(_) => break,
-                    _ => done += 1,
+                if !exchanges.iter().any(|(s, _)| *s == event.source_service) {
+                    let name = wire::short_string(&wire::events_exchange(event.source_service))?;
+                    session.ensure_topic_exchange(&name).await.map_err(failed)?;
+                    exchanges.push((event.source_service, name));
                 }
             }
-            Ok::<usize, DispatchError>(done)
+            publish_encoded(&session.channel, events, &exchanges, config.delivery_mode()).await
         };
         match tokio::time::timeout_at(deadline, work).await {
             Err(_) => Err(DispatchError::Publish(
@@ -237,6 +206,148 @@ impl EventDispatcher {
     /// Closes the connection.
     pub async fn close(&self) {
         self.link.close().await;
+    }
+}
+
+/// Publishes `events` on `channel` (with confirms), each to its source's
+/// exchange in `exchanges`, and waits for the confirms; returns how many of
+/// the first were confirmed.
+async fn publish_encoded(
+    channel: &lapin::Channel,
+    events: &[EncodedEvent<'_>],
+    exchanges: &[(&str, ShortString)],
+    delivery_mode: u8,
+) -> Result<usize, DispatchError> {
+    let failed = |e: lapin::Error| DispatchError::Publish(e.to_string());
+    let mut messages = Vec::with_capacity(events.len());
+    for event in events {
+        let exchange = exchanges
+            .iter()
+            .find(|(s, _)| *s == event.source_service)
+            .map(|(_, name)| name.clone())
+            .ok_or_else(|| {
+                DispatchError::Publish(format!(
+                    "no exchange for events of {}",
+                    event.source_service
+                ))
+            })?;
+        let routing_key = wire::short_string(event.event_type)?;
+        let headers = if event.call_id_stack.is_empty() && event.context.is_empty() {
+            FieldTable::default()
+        } else {
+            wire::write_context(event.call_id_stack, event.context)
+        };
+        messages.push((exchange, routing_key, event.body, headers));
+    }
+    let publishes = messages
+        .into_iter()
+        .map(|(exchange, routing_key, body, headers)| {
+            channel.basic_publish(
+                exchange,
+                routing_key,
+                BasicPublishOptions::default(),
+                body,
+                wire::event_properties(headers, delivery_mode),
+            )
+        });
+    let mut done = 0;
+    for sent in publish_in_order(publishes).await {
+        match sent.map_err(failed)?.await.map_err(failed)? {
+            Confirmation::Nack(_) => break,
+            _ => done += 1,
+        }
+    }
+    Ok(done)
+}
+
+/// Publishes a running service's own events on the service's connection;
+/// from [`ServiceHandle::publisher`](crate::ServiceHandle::publisher),
+/// cheap to clone.
+///
+/// It publishes only while the service has a session (not while it
+/// reconnects, and not after it stopped: [`DispatchError::NotConnected`]),
+/// and only events of the service itself (`{service}.events`, declared by
+/// every session when the service was built with
+/// [`publishes_events`](crate::ServiceBuilder::publishes_events)). A
+/// publisher that must also work when the service is down keeps an
+/// [`EventDispatcher`] to fall back on.
+#[derive(Clone)]
+pub struct ServicePublisher {
+    service: Arc<str>,
+    exchange: Option<ShortString>,
+    delivery_mode: u8,
+    rpc_timeout: Duration,
+    channel: tokio::sync::watch::Receiver<Option<lapin::Channel>>,
+}
+
+impl std::fmt::Debug for ServicePublisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServicePublisher")
+            .field("service", &self.service)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServicePublisher {
+    pub(crate) fn new(
+        service: &str,
+        config: &Config,
+        channel: tokio::sync::watch::Receiver<Option<lapin::Channel>>,
+    ) -> Self {
+        ServicePublisher {
+            service: service.into(),
+            // A name too long fails the service's own start-up check.
+            exchange: wire::short_string(&wire::events_exchange(service)).ok(),
+            delivery_mode: config.delivery_mode(),
+            rpc_timeout: config.rpc_timeout,
+            channel,
+        }
+    }
+
+    /// Whether the service has a session to publish on now.
+    pub fn is_connected(&self) -> bool {
+        self.channel.borrow().is_some()
+    }
+
+    /// As [`EventDispatcher::dispatch_encoded`], on the service's
+    /// connection. Every event's `source_service` must be the service's
+    /// name.
+    pub async fn dispatch_encoded(
+        &self,
+        events: &[EncodedEvent<'_>],
+    ) -> Result<usize, DispatchError> {
+        if events.is_empty() {
+            return Ok(0);
+        }
+        if let Some(other) = events.iter().find(|e| e.source_service != &*self.service) {
+            return Err(DispatchError::Publish(format!(
+                "a service publishes only its own events: {} is not {}",
+                other.source_service, self.service
+            )));
+        }
+        let Some(exchange) = &self.exchange else {
+            return Err(DispatchError::Publish(
+                "the service name is too long".into(),
+            ));
+        };
+        let Some(channel) = self.channel.borrow().clone() else {
+            return Err(DispatchError::NotConnected(
+                "the service has no session (reconnecting or stopped)".into(),
+            ));
+        };
+        let exchanges = [(&*self.service, exchange.clone())];
+        let deadline = crate::proxy::deadline_after(self.rpc_timeout);
+        match tokio::time::timeout_at(
+            deadline,
+            publish_encoded(&channel, events, &exchanges, self.delivery_mode),
+        )
+        .await
+        {
+            Err(_) => Err(DispatchError::Publish(
+                "no confirm within the timeout".into(),
+            )),
+            Ok(result) => result,
+        }
     }
 }
 

@@ -95,7 +95,8 @@ pub use connection::{AmqpUri, BrokerList};
 pub use context::{Context, ContextProxy};
 pub use error::{CallError, ConnectError, RemoteError, RpcError};
 pub use events::{
-    DispatchError, EncodedEvent, EventDispatcher, EventHandlerOptions, OutgoingEvent, Subscription,
+    DispatchError, EncodedEvent, EventDispatcher, EventHandlerOptions, OutgoingEvent,
+    ServicePublisher, Subscription,
 };
 pub use method::{ArgumentError, FromArgs, Signature};
 pub use proxy::{Args, PendingCall, RpcProxy};

@@ -11,7 +11,7 @@ use lapin::types::FieldTable;
 use rpc_core::events::Subscription;
 use rpc_core::{
     json, Args, Config, Context, EncodedEvent, EventDispatcher, EventHandlerOptions, OutgoingEvent,
-    RpcProxy, Service, ServiceHandle, Value,
+    RpcError, RpcProxy, Service, ServiceHandle, Signature, Value,
 };
 use std::time::{Duration, Instant};
 use test_support::raw::queue_depth;
@@ -561,5 +561,89 @@ async fn a_batch_arrives_whole_and_in_order() {
     }
     nothing_more(&mut seen).await;
     events.close().await;
+    drop(listening);
+}
+
+/// A service publishing its own events on its own connection: they arrive
+/// in order; another service's events are refused (their exchange may not
+/// exist, and a publish to a missing exchange would close the channel the
+/// replies use); after the stop there is no session to publish on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_publishes_its_own_events_on_its_connection() {
+    let mut config = config();
+    config.max_workers = 1;
+    let source = unique_name("own_src");
+    let sink = unique_name("own_sink");
+    let _cleanup = Cleanup::new()
+        .queue(&format!("rpc-{source}"))
+        .queue(&format!("evt-{source}-numbered--{sink}.on_event"))
+        .exchange(&format!("{source}.events"));
+    let mut publishing = Service::builder(&source)
+        .method("ping", Signature::new(), |_: Context, (): ()| async {
+            Ok::<_, RpcError>("pong")
+        })
+        .publishes_events()
+        .build()
+        .spawn(config.clone());
+    publishing
+        .ready()
+        .within(test_support::START_BOUND, "the publishing service to start")
+        .await
+        .expect("publishing service starts");
+    let (listening, mut seen) = listener(
+        &sink,
+        "sink",
+        &source,
+        "numbered",
+        EventHandlerOptions::service_pool(),
+        &config,
+    )
+    .await;
+    let publisher = publishing.publisher();
+    assert!(publisher.is_connected());
+    let bodies: Vec<Vec<u8>> = (0..100)
+        .map(|n| format!(r#"{{"n": {n}}}"#).into_bytes())
+        .collect();
+    let no_context = Default::default();
+    let events: Vec<EncodedEvent<'_>> = bodies
+        .iter()
+        .map(|body| EncodedEvent {
+            source_service: &source,
+            event_type: "numbered",
+            body,
+            call_id_stack: &[],
+            context: &no_context,
+        })
+        .collect();
+    assert_eq!(publisher.dispatch_encoded(&events).await.unwrap(), 100);
+    for n in 0..100 {
+        let (_, data, _) = next(&mut seen).await;
+        assert_eq!(data, json!({ "n": n }), "event {n} out of order");
+    }
+
+    let foreign = [EncodedEvent {
+        source_service: "someone_else",
+        ..events[0]
+    }];
+    let refused = publisher.dispatch_encoded(&foreign).await;
+    assert!(
+        matches!(&refused, Err(rpc_core::DispatchError::Publish(m)) if m.contains("someone_else")),
+        "{refused:?}"
+    );
+    // The refusal sent nothing, and the service still answers.
+    let proxy = common::proxy(&config).await;
+    let pong = proxy
+        .call(&source, "ping", Args::new())
+        .await
+        .expect("the service still answers");
+    assert_eq!(pong, json!("pong"));
+    nothing_more(&mut seen).await;
+
+    publishing.shutdown().await.expect("clean stop");
+    assert!(!publisher.is_connected());
+    assert!(matches!(
+        publisher.dispatch_encoded(&events).await,
+        Err(rpc_core::DispatchError::NotConnected(_))
+    ));
     drop(listening);
 }

@@ -25,6 +25,9 @@ pub(crate) struct ServiceDef {
     pub(crate) on_invalid_argument: ArgumentErrorMapper,
     pub(crate) observers: Vec<Arc<dyn CallObserver>>,
     pub(crate) event_handlers: Vec<EventHandlerEntry>,
+    /// Declare `{name}.events` with the session, for
+    /// [`ServicePublisher`](crate::events::ServicePublisher).
+    pub(crate) publishes_events: bool,
 }
 
 /// Collects a service's methods and timers; see [`Service::builder`].
@@ -41,11 +44,23 @@ impl ServiceBuilder {
                 timers: Vec::new(),
                 observers: Vec::new(),
                 event_handlers: Vec::new(),
+                publishes_events: false,
                 on_invalid_argument: Arc::new(|e: &ArgumentError| {
                     RpcError::invalid_argument(&e.method, &e.param, &e.message)
                 }),
             },
         }
+    }
+
+    /// The service publishes events of its own on its own connection
+    /// ([`ServiceHandle::publisher`](crate::ServiceHandle::publisher)): each
+    /// session declares `{name}.events` before it consumes, so a publish
+    /// never meets a missing exchange (which would close the channel the
+    /// replies use too).
+    #[must_use]
+    pub fn publishes_events(mut self) -> Self {
+        self.def.publishes_events = true;
+        self
     }
 
     /// Registers an event handler: entrypoint `name` receives the events of

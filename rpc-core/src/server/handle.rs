@@ -28,6 +28,7 @@ pub struct ServiceHandle {
     pub(super) stop: CancellationToken,
     pub(super) status: watch::Receiver<ServiceStatus>,
     pub(super) task: JoinHandle<Result<(), ServiceError>>,
+    pub(super) publisher: crate::events::ServicePublisher,
 }
 
 impl ServiceHandle {
@@ -47,6 +48,14 @@ impl ServiceHandle {
                 Err(ServiceError::Connect(ConnectError::Shutdown))
             }
         }
+    }
+
+    /// Publishes the service's own events on the service's connection,
+    /// beside its replies: no second connection, and the event frames share
+    /// the socket writes and the broker's connection processes with the
+    /// replies. Needs [`ServiceBuilder::publishes_events`](crate::ServiceBuilder::publishes_events).
+    pub fn publisher(&self) -> crate::events::ServicePublisher {
+        self.publisher.clone()
     }
 
     /// The service's status now.

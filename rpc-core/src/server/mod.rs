@@ -158,16 +158,21 @@ impl Service {
     /// module docs for how long that may take).
     pub async fn run(self, config: Config, stop: CancellationToken) -> Result<(), ServiceError> {
         let (status, _rx) = watch::channel(ServiceStatus::Starting);
-        self.run_reporting(config, stop, status).await
+        let (publish, _) = watch::channel(None);
+        self.run_reporting(config, stop, status, publish).await
     }
 
     /// Runs the service on a new task.
     pub fn spawn(self, config: Config) -> ServiceHandle {
         let stop = CancellationToken::new();
         let (status_tx, status_rx) = watch::channel(ServiceStatus::Starting);
+        let (publish_tx, publish_rx) = watch::channel(None);
+        let publisher = crate::events::ServicePublisher::new(&self.def.name, &config, publish_rx);
         let token = stop.clone();
         let task = tokio::spawn(async move {
-            let result = self.run_reporting(config, token, status_tx.clone()).await;
+            let result = self
+                .run_reporting(config, token, status_tx.clone(), publish_tx)
+                .await;
             status_tx.send_replace(ServiceStatus::Stopped(result.as_ref().err().cloned()));
             result
         });
@@ -175,6 +180,7 @@ impl Service {
             stop,
             status: status_rx,
             task,
+            publisher,
         }
     }
 
@@ -204,6 +210,7 @@ impl Service {
         config: Config,
         stop: CancellationToken,
         status: watch::Sender<ServiceStatus>,
+        publish: watch::Sender<Option<lapin::Channel>>,
     ) -> Result<(), ServiceError> {
         self.check(&config)?;
         let name = self.def.name.clone();
@@ -234,6 +241,7 @@ impl Service {
                 tracker: &tracker,
                 stop: &stop,
                 status: &status,
+                publish: &publish,
                 workers: Arc::new(Semaphore::new(config.workers())),
             };
             match consumption.run().await {
@@ -268,6 +276,7 @@ impl Service {
         // connection goes (a connection close can overtake them). Whatever
         // is still unacknowledged then returns to its queue.
         let close_broker = async {
+            publish.send_replace(None);
             if let Some(open) = stopped.open {
                 connection::close_channels(&[&open.consume, &open.publish], "stopped").await;
                 connection::close_connection(&open.conn, "stopped").await;

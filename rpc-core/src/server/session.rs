@@ -43,6 +43,10 @@ pub(super) struct Consumption<'a> {
     pub(super) tracker: &'a TaskTracker,
     pub(super) stop: &'a CancellationToken,
     pub(super) status: &'a watch::Sender<ServiceStatus>,
+    /// The session's publishing channel, for the service's
+    /// [`ServicePublisher`](crate::events::ServicePublisher); `None` while
+    /// there is no session.
+    pub(super) publish: &'a watch::Sender<Option<Channel>>,
     pub(super) workers: Arc<Semaphore>,
 }
 
@@ -207,7 +211,10 @@ impl Consumption<'_> {
                 "consuming"
             );
             let gone = session.handoff.gone.clone();
-            match self.consume(session).await {
+            self.publish
+                .send_replace(Some(session.handoff.replies.channel.clone()));
+            let end = self.consume(session).await;
+            match end {
                 SessionEnd::Stopped(channels, deadline) => {
                     let (consume, publish) = *channels;
                     return Ok(Stopped {
@@ -220,6 +227,7 @@ impl Consumption<'_> {
                     });
                 }
                 SessionEnd::Lost(reason) => {
+                    self.publish.send_replace(None);
                     gone.cancel();
                     tracing::warn!(
                         service = %name,
@@ -275,6 +283,13 @@ impl Consumption<'_> {
             .await?;
             let consumer = start_consumer(&consume, &queue, name).await?;
             consumers.push((Entry::Rpc, consumer));
+        }
+        if self.def.publishes_events {
+            connection::declare_topic_exchange(&consume, &wire::events_exchange(name))
+                .await
+                .map_err(SetupError::from_lapin(
+                    "declaring the service's events exchange",
+                ))?;
         }
         for (i, handler) in self.def.event_handlers.iter().enumerate() {
             let exchange = wire::events_exchange(&handler.source_service);

@@ -98,6 +98,15 @@ impl Relay<'_> {
         stop: &CancellationToken,
     ) -> Result<(), String> {
         loop {
+            let publisher = self.publisher.filter(|p| p.is_connected());
+            if publisher.is_some() {
+                // The service is back: the connection that stood in for it
+                // is not needed any more (closed before the claim, which on
+                // PostgreSQL holds row locks).
+                if let Some(standby) = dispatcher.take() {
+                    standby.close().await;
+                }
+            }
             let claim = self
                 .store
                 .claim_outbox(BATCH)
@@ -117,7 +126,7 @@ impl Relay<'_> {
                     context: &e.context.data,
                 })
                 .collect();
-            let outcome = match (self.publisher.filter(|p| p.is_connected()), &*dispatcher) {
+            let outcome = match (publisher, &*dispatcher) {
                 (Some(publisher), _) => match publisher.dispatch_encoded(&events).await {
                     // The session went in the meantime: nothing was sent.
                     Err(DispatchError::NotConnected(_)) => {

@@ -130,7 +130,6 @@ impl Relay<'_> {
                 (Some(publisher), _) => match publisher.dispatch_encoded(&events).await {
                     // The session went in the meantime: nothing was sent.
                     Err(DispatchError::NotConnected(_)) => {
-                        drop(events);
                         claim.finish(0).await.map_err(|e| e.to_string())?;
                         continue;
                     }
@@ -141,7 +140,6 @@ impl Relay<'_> {
                     // Not while holding the claim: on PostgreSQL it is an
                     // open transaction with row locks, and connecting may
                     // wait out a broker outage.
-                    drop(events);
                     claim.finish(0).await.map_err(|e| e.to_string())?;
                     let connect = EventDispatcher::connect(config.clone());
                     let d = tokio::select! {
@@ -154,7 +152,6 @@ impl Relay<'_> {
             };
             let done = *outcome.as_ref().unwrap_or(&0);
             let nacked = done < events.len();
-            drop(events);
             claim.finish(done).await.map_err(|e| e.to_string())?;
             tracing::debug!(published = done, "events published");
             match outcome {

@@ -51,6 +51,19 @@ async fn subscribe(source: &str) -> (ServiceHandle, Seen, Cleanup) {
     (handle, rx, cleanup)
 }
 
+/// The outbox is empty (published events leave it); then stops `watcher`.
+async fn published_and_stopped(store: &Store, watcher: ServiceHandle) {
+    assert!(
+        store.outbox(10).await.unwrap().is_empty(),
+        "published events leave the outbox"
+    );
+    watcher
+        .shutdown()
+        .within(test_support::STOP_BOUND, "the service to stop")
+        .await
+        .unwrap();
+}
+
 async fn next(rx: &mut Seen) -> (String, Value, Vec<String>) {
     tokio::time::timeout(Duration::from_secs(10), rx.recv())
         .await
@@ -181,15 +194,7 @@ async fn events_committed_while_nothing_publishes_go_out_at_start() {
         .await
         .unwrap();
     let store = Store::open(&db).unwrap();
-    assert!(
-        store.outbox(10).await.unwrap().is_empty(),
-        "published events leave the outbox"
-    );
-    watcher
-        .shutdown()
-        .within(test_support::STOP_BOUND, "the service to stop")
-        .await
-        .unwrap();
+    published_and_stopped(&store, watcher).await;
 }
 
 /// The relay publishes on the service's connection while the service has
@@ -257,13 +262,5 @@ async fn with_the_service_stopped_the_relay_publishes_on_its_own_connection() {
         .within(test_support::STOP_BOUND, "the relay to stop")
         .await
         .unwrap();
-    assert!(
-        store.outbox(10).await.unwrap().is_empty(),
-        "published events leave the outbox"
-    );
-    watcher
-        .shutdown()
-        .within(test_support::STOP_BOUND, "the service to stop")
-        .await
-        .unwrap();
+    published_and_stopped(&store, watcher).await;
 }

@@ -181,7 +181,6 @@ impl EventDispatcher {
                 ))
             }
         };
-        let failed = |e: lapin::Error| DispatchError::Publish(e.to_string());
         let work = async {
             // A relay's batch is one service's events: its exchange name
             // is built (and declared) once, not per event.
@@ -189,24 +188,42 @@ impl EventDispatcher {
             for event in events {
                 if !exchanges.iter().any(|(s, _)| *s == event.source_service) {
                     let name = wire::short_string(&wire::events_exchange(event.source_service))?;
-                    session.ensure_topic_exchange(&name).await.map_err(failed)?;
+                    session
+                        .ensure_topic_exchange(&name)
+                        .await
+                        .map_err(publish_failed)?;
                     exchanges.push((event.source_service, name));
                 }
             }
             publish_encoded(&session.channel, events, &exchanges, config.delivery_mode()).await
         };
-        match tokio::time::timeout_at(deadline, work).await {
-            Err(_) => Err(DispatchError::Publish(
-                "no confirm within the timeout".into(),
-            )),
-            Ok(result) => result,
-        }
+        confirmed_by(deadline, work).await
     }
 
     /// Closes the connection.
     pub async fn close(&self) {
         self.link.close().await;
     }
+}
+
+fn publish_failed(e: lapin::Error) -> DispatchError {
+    DispatchError::Publish(e.to_string())
+}
+
+/// Runs a batch's publishes (and whatever they wait on) until `deadline`:
+/// a confirm normally takes a millisecond, on a dying connection it may
+/// never come.
+async fn confirmed_by(
+    deadline: tokio::time::Instant,
+    work: impl Future<Output = Result<usize, DispatchError>>,
+) -> Result<usize, DispatchError> {
+    tokio::time::timeout_at(deadline, work)
+        .await
+        .unwrap_or_else(|_| {
+            Err(DispatchError::Publish(
+                "no confirm within the timeout".into(),
+            ))
+        })
 }
 
 /// Publishes `events` on `channel` (with confirms), each to its source's
@@ -218,7 +235,6 @@ async fn publish_encoded(
     exchanges: &[(&str, ShortString)],
     delivery_mode: u8,
 ) -> Result<usize, DispatchError> {
-    let failed = |e: lapin::Error| DispatchError::Publish(e.to_string());
     let mut messages = Vec::with_capacity(events.len());
     for event in events {
         let exchange = exchanges
@@ -252,7 +268,11 @@ async fn publish_encoded(
         });
     let mut done = 0;
     for sent in publish_in_order(publishes).await {
-        match sent.map_err(failed)?.await.map_err(failed)? {
+        match sent
+            .map_err(publish_failed)?
+            .await
+            .map_err(publish_failed)?
+        {
             Confirmation::Nack(_) => break,
             _ => done += 1,
         }
@@ -296,7 +316,9 @@ impl ServicePublisher {
     ) -> Self {
         ServicePublisher {
             service: service.into(),
-            // A name too long fails the service's own start-up check.
+            // Never `None` for a service that starts: its start-up check
+            // refuses a name too long for its consumer tag
+            // (`{service}-{uuid}`), which is longer than `{service}.events`.
             exchange: wire::short_string(&wire::events_exchange(service)).ok(),
             delivery_mode: config.delivery_mode(),
             rpc_timeout: config.rpc_timeout,
@@ -337,17 +359,11 @@ impl ServicePublisher {
         };
         let exchanges = [(&*self.service, exchange.clone())];
         let deadline = crate::proxy::deadline_after(self.rpc_timeout);
-        match tokio::time::timeout_at(
+        confirmed_by(
             deadline,
             publish_encoded(&channel, events, &exchanges, self.delivery_mode),
         )
         .await
-        {
-            Err(_) => Err(DispatchError::Publish(
-                "no confirm within the timeout".into(),
-            )),
-            Ok(result) => result,
-        }
     }
 }
 

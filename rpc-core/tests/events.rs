@@ -64,6 +64,59 @@ async fn next(rx: &mut Seen) -> (String, Value, Vec<String>) {
         .expect("listener alive")
 }
 
+/// Bodies `{"n": N}` for each N of `range`, as the wire writes them.
+fn numbered_bodies(range: std::ops::Range<u32>) -> Vec<Vec<u8>> {
+    range
+        .map(|n| format!(r#"{{"n": {n}}}"#).into_bytes())
+        .collect()
+}
+
+static NO_CONTEXT: std::collections::BTreeMap<String, Value> = std::collections::BTreeMap::new();
+
+/// `source`'s events of type `numbered` with these bodies, no context.
+fn numbered<'a>(source: &'a str, bodies: &'a [Vec<u8>]) -> Vec<EncodedEvent<'a>> {
+    bodies
+        .iter()
+        .map(|body| EncodedEvent {
+            source_service: source,
+            event_type: "numbered",
+            body,
+            call_id_stack: &[],
+            context: &NO_CONTEXT,
+        })
+        .collect()
+}
+
+/// A config with one handler at a time, so that the order seen is the order
+/// delivered, and a listener of `source`'s `numbered` events (the cleanup
+/// covers its queue and `source`'s exchange).
+async fn numbered_listener(source: &str) -> (Config, ServiceHandle, Seen, Cleanup) {
+    let mut config = config();
+    config.max_workers = 1;
+    let sink = unique_name("numbered_sink");
+    let cleanup = Cleanup::new()
+        .queue(&format!("evt-{source}-numbered--{sink}.on_event"))
+        .exchange(&format!("{source}.events"));
+    let (listening, seen) = listener(
+        &sink,
+        "sink",
+        source,
+        "numbered",
+        EventHandlerOptions::service_pool(),
+        &config,
+    )
+    .await;
+    (config, listening, seen, cleanup)
+}
+
+/// Waits for the events numbered `range`, in that order.
+async fn numbered_arrive_in_order(rx: &mut Seen, range: std::ops::Range<u32>) {
+    for n in range {
+        let (_, data, _) = next(rx).await;
+        assert_eq!(data, json!({ "n": n }), "event {n} out of order");
+    }
+}
+
 async fn nothing_more(rx: &mut Seen) {
     assert!(
         tokio::time::timeout(Duration::from_millis(300), rx.recv())
@@ -513,23 +566,8 @@ async fn declarations_match_nameko_flags() {
 /// encoded or not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_arrives_whole_and_in_order() {
-    let mut config = config();
-    // One handler at a time: the order seen is the order delivered.
-    config.max_workers = 1;
     let source = unique_name("batch_src");
-    let sink = unique_name("batch_sink");
-    let _cleanup = Cleanup::new()
-        .queue(&format!("evt-{source}-numbered--{sink}.on_event"))
-        .exchange(&format!("{source}.events"));
-    let (listening, mut seen) = listener(
-        &sink,
-        "sink",
-        &source,
-        "numbered",
-        EventHandlerOptions::service_pool(),
-        &config,
-    )
-    .await;
+    let (config, listening, mut seen, _cleanup) = numbered_listener(&source).await;
     let events = EventDispatcher::connect(config.clone()).await.unwrap();
     let batch: Vec<OutgoingEvent> = (0..300)
         .map(|n| OutgoingEvent {
@@ -540,25 +578,10 @@ async fn a_batch_arrives_whole_and_in_order() {
         })
         .collect();
     assert_eq!(events.dispatch_batch(&batch).await.unwrap(), 300);
-    let bodies: Vec<Vec<u8>> = (300..600)
-        .map(|n| format!(r#"{{"n": {n}}}"#).into_bytes())
-        .collect();
-    let no_context = Default::default();
-    let encoded: Vec<EncodedEvent<'_>> = bodies
-        .iter()
-        .map(|body| EncodedEvent {
-            source_service: &source,
-            event_type: "numbered",
-            body,
-            call_id_stack: &[],
-            context: &no_context,
-        })
-        .collect();
+    let bodies = numbered_bodies(300..600);
+    let encoded = numbered(&source, &bodies);
     assert_eq!(events.dispatch_encoded(&encoded).await.unwrap(), 300);
-    for n in 0..600 {
-        let (_, data, _) = next(&mut seen).await;
-        assert_eq!(data, json!({ "n": n }), "event {n} out of order");
-    }
+    numbered_arrive_in_order(&mut seen, 0..600).await;
     nothing_more(&mut seen).await;
     events.close().await;
     drop(listening);
@@ -570,14 +593,9 @@ async fn a_batch_arrives_whole_and_in_order() {
 /// replies use); after the stop there is no session to publish on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_publishes_its_own_events_on_its_connection() {
-    let mut config = config();
-    config.max_workers = 1;
     let source = unique_name("own_src");
-    let sink = unique_name("own_sink");
-    let _cleanup = Cleanup::new()
-        .queue(&format!("rpc-{source}"))
-        .queue(&format!("evt-{source}-numbered--{sink}.on_event"))
-        .exchange(&format!("{source}.events"));
+    let (config, listening, mut seen, mut cleanup) = numbered_listener(&source).await;
+    cleanup.add_queue(&format!("rpc-{source}"));
     let mut publishing = Service::builder(&source)
         .method("ping", Signature::new(), |_: Context, (): ()| async {
             Ok::<_, RpcError>("pong")
@@ -590,36 +608,12 @@ async fn a_service_publishes_its_own_events_on_its_connection() {
         .within(test_support::START_BOUND, "the publishing service to start")
         .await
         .expect("publishing service starts");
-    let (listening, mut seen) = listener(
-        &sink,
-        "sink",
-        &source,
-        "numbered",
-        EventHandlerOptions::service_pool(),
-        &config,
-    )
-    .await;
     let publisher = publishing.publisher();
     assert!(publisher.is_connected());
-    let bodies: Vec<Vec<u8>> = (0..100)
-        .map(|n| format!(r#"{{"n": {n}}}"#).into_bytes())
-        .collect();
-    let no_context = Default::default();
-    let events: Vec<EncodedEvent<'_>> = bodies
-        .iter()
-        .map(|body| EncodedEvent {
-            source_service: &source,
-            event_type: "numbered",
-            body,
-            call_id_stack: &[],
-            context: &no_context,
-        })
-        .collect();
+    let bodies = numbered_bodies(0..100);
+    let events = numbered(&source, &bodies);
     assert_eq!(publisher.dispatch_encoded(&events).await.unwrap(), 100);
-    for n in 0..100 {
-        let (_, data, _) = next(&mut seen).await;
-        assert_eq!(data, json!({ "n": n }), "event {n} out of order");
-    }
+    numbered_arrive_in_order(&mut seen, 0..100).await;
 
     let foreign = [EncodedEvent {
         source_service: "someone_else",

@@ -309,17 +309,24 @@ impl std::fmt::Debug for ServicePublisher {
 }
 
 impl ServicePublisher {
+    /// `declared`: whether the service's sessions declare its events
+    /// exchange ([`publishes_events`](crate::ServiceBuilder::publishes_events)).
+    /// Without that the publisher refuses every event: a publish to a
+    /// missing exchange would close the channel the replies use.
     pub(crate) fn new(
         service: &str,
+        declared: bool,
         config: &Config,
         channel: tokio::sync::watch::Receiver<Option<lapin::Channel>>,
     ) -> Self {
         ServicePublisher {
             service: service.into(),
-            // Never `None` for a service that starts: its start-up check
+            // A valid name whenever the service starts: its start-up check
             // refuses a name too long for its consumer tag
             // (`{service}-{uuid}`), which is longer than `{service}.events`.
-            exchange: wire::short_string(&wire::events_exchange(service)).ok(),
+            exchange: declared
+                .then(|| wire::short_string(&wire::events_exchange(service)).ok())
+                .flatten(),
             delivery_mode: config.delivery_mode(),
             rpc_timeout: config.rpc_timeout,
             channel,
@@ -349,7 +356,7 @@ impl ServicePublisher {
         }
         let Some(exchange) = &self.exchange else {
             return Err(DispatchError::Publish(
-                "the service name is too long".into(),
+                "the service was built without publishes_events(): its events exchange is not declared".into(),
             ));
         };
         let Some(channel) = self.channel.borrow().clone() else {

@@ -641,3 +641,39 @@ async fn a_service_publishes_its_own_events_on_its_connection() {
     ));
     drop(listening);
 }
+
+/// A service built without `publishes_events()` has no events exchange of
+/// its own declared: its publisher refuses rather than publish to a missing
+/// exchange (which would close the channel its replies use), and the
+/// service goes on answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_without_publishes_events_refuses() {
+    let config = config();
+    let name = unique_name("undeclared");
+    let _cleanup = Cleanup::new().queue(&format!("rpc-{name}"));
+    let mut service = Service::builder(&name)
+        .method("ping", Signature::new(), |_: Context, (): ()| async {
+            Ok::<_, RpcError>("pong")
+        })
+        .build()
+        .spawn(config.clone());
+    service
+        .ready()
+        .within(test_support::START_BOUND, "the service to start")
+        .await
+        .expect("the service starts");
+    let publisher = service.publisher();
+    let bodies = numbered_bodies(0..1);
+    let refused = publisher.dispatch_encoded(&numbered(&name, &bodies)).await;
+    assert!(
+        matches!(&refused, Err(rpc_core::DispatchError::Publish(m)) if m.contains("publishes_events")),
+        "{refused:?}"
+    );
+    let proxy = common::proxy(&config).await;
+    let pong = proxy
+        .call(&name, "ping", Args::new())
+        .await
+        .expect("the service still answers");
+    assert_eq!(pong, json!("pong"));
+    service.shutdown().await.expect("clean stop");
+}

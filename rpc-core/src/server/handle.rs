@@ -53,7 +53,8 @@ impl ServiceHandle {
     /// Publishes the service's own events on the service's connection,
     /// beside its replies: no second connection, and the event frames share
     /// the socket writes and the broker's connection processes with the
-    /// replies. Needs [`ServiceBuilder::publishes_events`](crate::ServiceBuilder::publishes_events).
+    /// replies. Needs [`ServiceBuilder::publishes_events`](crate::ServiceBuilder::publishes_events):
+    /// without it the publisher refuses every event.
     pub fn publisher(&self) -> crate::events::ServicePublisher {
         self.publisher.clone()
     }

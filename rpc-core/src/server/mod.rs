@@ -167,7 +167,12 @@ impl Service {
         let stop = CancellationToken::new();
         let (status_tx, status_rx) = watch::channel(ServiceStatus::Starting);
         let (publish_tx, publish_rx) = watch::channel(None);
-        let publisher = crate::events::ServicePublisher::new(&self.def.name, &config, publish_rx);
+        let publisher = crate::events::ServicePublisher::new(
+            &self.def.name,
+            self.def.publishes_events,
+            &config,
+            publish_rx,
+        );
         let token = stop.clone();
         let task = tokio::spawn(async move {
             let result = self

@@ -201,6 +201,10 @@ impl Consumption<'_> {
                 }
             };
             backoff.reset();
+            // Before the status: once `ready()` returns, the publisher has
+            // the session to publish on.
+            self.publish
+                .send_replace(Some(session.handoff.replies.channel.clone()));
             self.status.send_replace(ServiceStatus::Consuming);
             tracing::info!(
                 service = %name,
@@ -211,8 +215,6 @@ impl Consumption<'_> {
                 "consuming"
             );
             let gone = session.handoff.gone.clone();
-            self.publish
-                .send_replace(Some(session.handoff.replies.channel.clone()));
             let end = self.consume(session).await;
             match end {
                 SessionEnd::Stopped(channels, deadline) => {

@@ -17,7 +17,7 @@ use tracing::Instrument;
 pub(super) struct EventCall {
     pub(super) handler: EventHandlerEntry,
     pub(super) runtime: Arc<ServiceRuntime>,
-    pub(super) handoff: Handoff,
+    pub(super) handoff: Arc<Handoff>,
 }
 
 impl EventCall {

@@ -29,7 +29,7 @@ pub(super) struct Replier {
 pub(super) struct Call {
     pub(super) def: Arc<ServiceDef>,
     pub(super) runtime: Arc<ServiceRuntime>,
-    pub(super) handoff: Handoff,
+    pub(super) handoff: Arc<Handoff>,
     /// The max_workers pool the permit came from, to take a slot again
     /// after [`Context::off_worker`].
     pub(super) workers: Arc<tokio::sync::Semaphore>,

@@ -115,11 +115,12 @@ struct Session {
     consume: Channel,
     deliveries: Deliveries,
     tags: Vec<String>,
-    handoff: Handoff,
+    /// Shared by every call of the session: one reference count per call
+    /// instead of a clone of a channel, a string and a token.
+    handoff: Arc<Handoff>,
 }
 
 /// What a worker needs from the session to handle a delivery.
-#[derive(Clone)]
 pub(super) struct Handoff {
     pub(super) replies: Replier,
     pub(super) max_request_bytes: usize,
@@ -351,7 +352,7 @@ impl Consumption<'_> {
             consume,
             deliveries: merged,
             tags,
-            handoff: Handoff {
+            handoff: Arc::new(Handoff {
                 replies: Replier {
                     channel: publish,
                     exchange: config.rpc_exchange.clone(),
@@ -360,7 +361,7 @@ impl Consumption<'_> {
                 max_request_bytes: config.max_request_bytes,
                 gone: CancellationToken::new(),
                 acks: Acks::new(),
-            },
+            }),
         })
     }
 
@@ -461,7 +462,7 @@ impl Consumption<'_> {
         }
     }
 
-    async fn spawn_when_free(&self, entry: Entry, delivery: Delivery, handoff: &Handoff) {
+    async fn spawn_when_free(&self, entry: Entry, delivery: Delivery, handoff: &Arc<Handoff>) {
         if let Ok(permit) = Arc::clone(&self.workers).acquire_owned().await {
             self.spawn(entry, delivery, handoff, permit);
         }
@@ -471,7 +472,7 @@ impl Consumption<'_> {
         &self,
         entry: Entry,
         delivery: Delivery,
-        handoff: &Handoff,
+        handoff: &Arc<Handoff>,
         permit: OwnedSemaphorePermit,
     ) {
         // Registered here, in delivery order, so that a multiple ack never
@@ -484,11 +485,16 @@ impl Consumption<'_> {
                 let call = Call {
                     def: Arc::clone(self.def),
                     runtime: Arc::clone(self.runtime),
-                    handoff: handoff.clone(),
+                    handoff: Arc::clone(handoff),
                     workers: Arc::clone(&self.workers),
                 };
-                self.tracker
-                    .spawn(settled(registered, call.handle(delivery, permit)));
+                // Boxed before it is spawned: the call's future holds the
+                // delivery and its state machine is large; tokio moves a
+                // task's future on the way in and overwrites it when done.
+                self.tracker.spawn(Box::pin(settled(
+                    registered,
+                    call.handle(delivery, permit),
+                )));
             }
             Entry::Event(i) => {
                 let Some(handler) = self.def.event_handlers.get(i).cloned() else {
@@ -497,10 +503,12 @@ impl Consumption<'_> {
                 let call = EventCall {
                     handler,
                     runtime: Arc::clone(self.runtime),
-                    handoff: handoff.clone(),
+                    handoff: Arc::clone(handoff),
                 };
-                self.tracker
-                    .spawn(settled(registered, call.handle(delivery, permit)));
+                self.tracker.spawn(Box::pin(settled(
+                    registered,
+                    call.handle(delivery, permit),
+                )));
             }
         }
     }

@@ -7,10 +7,11 @@
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use rpc_core::{CallObserver, CallOutcome};
+use std::sync::{PoisonError, RwLock};
 use std::time::Duration;
 
 /// Latency buckets, in seconds: 0.25 ms to 10 s.
@@ -28,6 +29,18 @@ pub struct Metrics {
     http_latency: HistogramVec,
     rpc_in_flight: IntGauge,
     http_in_flight: IntGauge,
+    /// The series a successful call touches, per method, looked up once:
+    /// `with_label_values` hashes its labels and takes a lock on every
+    /// call. Bounded: rpc-core reports registered methods and
+    /// `<unknown>` only.
+    rpc_ok: RwLock<Vec<OkSeries>>,
+}
+
+/// One method's counter of successful calls and its latency histogram.
+struct OkSeries {
+    method: String,
+    calls: IntCounter,
+    latency: Histogram,
 }
 
 impl Metrics {
@@ -92,6 +105,7 @@ impl Metrics {
             http_latency,
             rpc_in_flight,
             http_in_flight,
+            rpc_ok: RwLock::new(Vec::new()),
         }
     }
 
@@ -154,6 +168,32 @@ impl Default for Metrics {
     }
 }
 
+impl Metrics {
+    /// A successful call: the common case, through the per-method handles.
+    fn ok(&self, method: &str, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        {
+            let known = self.rpc_ok.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(series) = known.iter().find(|s| s.method == method) {
+                series.calls.inc();
+                series.latency.observe(seconds);
+                return;
+            }
+        }
+        let series = OkSeries {
+            method: method.to_owned(),
+            calls: self.rpc_calls.with_label_values(&[method, "ok"]),
+            latency: self.rpc_latency.with_label_values(&[method]),
+        };
+        series.calls.inc();
+        series.latency.observe(seconds);
+        let mut known = self.rpc_ok.write().unwrap_or_else(PoisonError::into_inner);
+        if !known.iter().any(|s| s.method == method) {
+            known.push(series);
+        }
+    }
+}
+
 impl CallObserver for Metrics {
     fn started(&self, _method: &str) {
         self.rpc_in_flight.inc();
@@ -162,7 +202,7 @@ impl CallObserver for Metrics {
     fn finished(&self, method: &str, outcome: CallOutcome<'_>, elapsed: Duration) {
         self.rpc_in_flight.dec();
         let (label, error) = match outcome {
-            CallOutcome::Ok => ("ok", None),
+            CallOutcome::Ok => return self.ok(method, elapsed),
             CallOutcome::Raised(e) => ("raised", Some(e)),
             CallOutcome::Refused(e) => ("refused", Some(e)),
         };

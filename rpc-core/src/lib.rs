@@ -86,6 +86,7 @@ pub mod server;
 pub mod shutdown;
 pub mod testing;
 pub mod timer;
+mod tripwire;
 pub mod wire;
 mod worker;
 

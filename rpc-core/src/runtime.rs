@@ -7,6 +7,7 @@ use crate::config::Config;
 use crate::error::CallError;
 use crate::events::{DispatchError, EventDispatcher, OutgoingEvent};
 use crate::proxy::{Args, RpcProxy};
+use crate::tripwire::Tripwire;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -22,9 +23,9 @@ pub(crate) struct ServiceRuntime {
     /// Cancelled when the service is asked to stop: a handler waiting out a
     /// back-off stops waiting.
     pub(crate) stopping: CancellationToken,
-    /// Cancelled when a stop's deadline passes: work still running is
+    /// Tripped when a stop's deadline passes: work still running is
     /// dropped.
-    abandon: CancellationToken,
+    abandon: Tripwire,
 }
 
 /// Where a handler's calls and events go.
@@ -87,29 +88,25 @@ impl ServiceRuntime {
             config,
             outbound,
             stopping,
-            abandon: CancellationToken::new(),
+            abandon: Tripwire::new(),
         }
     }
 
     /// Runs one call, event or timer tick, unless the stop's deadline
     /// passes first: then it is dropped, and logged with its call id.
     pub(crate) async fn until_abandoned(&self, work: impl Future<Output = ()>, call_id: &str) {
-        tokio::select! {
-            biased;
-            () = work => {}
-            () = self.abandon.cancelled() => {
-                tracing::warn!(
-                    service = %self.name,
-                    call_id,
-                    "abandoned at the shutdown timeout; its message returns to the queue"
-                );
-            }
+        if self.abandon.guard(work).await.is_none() {
+            tracing::warn!(
+                service = %self.name,
+                call_id,
+                "abandoned at the shutdown timeout; its message returns to the queue"
+            );
         }
     }
 
     /// Drops the work still running (see [`Self::until_abandoned`]).
     pub(crate) fn abandon(&self) {
-        self.abandon.cancel();
+        self.abandon.trip();
     }
 
     /// Closes the runtime's own connections (each close is bounded).

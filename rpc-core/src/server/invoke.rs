@@ -7,18 +7,20 @@
 use super::builder::ServiceDef;
 use crate::context::Context;
 use crate::error::RpcError;
-use crate::method::HandlerFailure;
+use crate::method::{HandlerFailure, Method};
 use crate::wire;
 use futures::FutureExt;
 use std::panic::AssertUnwindSafe;
 
 /// Runs the request, or says why it cannot run: the reply body, or the
 /// error with a flag telling an error the handler raised (expected) from
-/// one about the request itself.
+/// one about the request itself. `entry` is `method` as the service
+/// registered it, looked up by the caller (who needs it for its label too).
 pub(crate) async fn invoke(
     def: &ServiceDef,
     ctx: &Context,
     method: &str,
+    entry: Option<&Method>,
     content_type: Option<&str>,
     content_encoding: Option<&str>,
     body: &[u8],
@@ -26,10 +28,7 @@ pub(crate) async fn invoke(
 ) -> Result<Vec<u8>, (RpcError, bool)> {
     let request = wire::decode_request(content_type, content_encoding, body, max_request_bytes)
         .map_err(|e| (RpcError::malformed_request(e.to_string()), false))?;
-    let entry = def
-        .methods
-        .get(method)
-        .ok_or_else(|| (RpcError::method_not_found(method), false))?;
+    let entry = entry.ok_or_else(|| (RpcError::method_not_found(method), false))?;
     let values = entry
         .signature
         .bind(method, request.args, request.kwargs)

@@ -308,6 +308,7 @@ pub(crate) async fn invoke_local(
         &service.def,
         ctx,
         method,
+        service.def.methods.get(method),
         Some("application/json"),
         Some("utf-8"),
         body,

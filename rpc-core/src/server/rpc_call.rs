@@ -7,6 +7,7 @@ use super::observer::{CallOutcome, UNKNOWN_METHOD};
 use super::session::{ack, requeue, unless_gone, Handoff};
 use crate::context::{Context, MessageFacts};
 use crate::error::RpcError;
+use crate::method::Method;
 use crate::runtime::ServiceRuntime;
 use crate::wire;
 use crate::worker::WorkerSlot;
@@ -66,10 +67,9 @@ impl Call {
         // logged at info and above carry the call id themselves.
         let span = tracing::debug_span!("rpc", call_id = %ctx.call_id());
         let def = Arc::clone(&self.def);
-        let label = match def.methods.get_key_value(method.as_str()) {
-            Some((name, _)) => name.as_str(),
-            None => UNKNOWN_METHOD,
-        };
+        let found = def.methods.get_key_value(method.as_str());
+        let label = found.map_or(UNKNOWN_METHOD, |(name, _)| name.as_str());
+        let entry = found.map(|(_, entry)| entry);
         for o in &def.observers {
             o.started(label);
         }
@@ -77,7 +77,7 @@ impl Call {
         let call_id = ctx.call_id().to_owned();
         let work = async move {
             let started = Instant::now();
-            let outcome = self.execute(&ctx, &method, &delivery).await;
+            let outcome = self.execute(&ctx, &method, entry, &delivery).await;
             // The worker's job is done; replying and acking do not hold a
             // max_workers slot (the prefetch bounds them).
             if let Some(slot) = &slot {
@@ -124,6 +124,7 @@ impl Call {
         &self,
         ctx: &Context,
         method: &str,
+        entry: Option<&Method>,
         delivery: &Delivery,
     ) -> Result<Vec<u8>, (RpcError, bool)> {
         let props = &delivery.properties;
@@ -131,6 +132,7 @@ impl Call {
             &self.def,
             ctx,
             method,
+            entry,
             props.content_type().as_ref().map(|c| c.as_str()),
             props.content_encoding().as_ref().map(|c| c.as_str()),
             &delivery.data,

@@ -18,6 +18,7 @@ use crate::config::{Config, QueueType};
 use crate::connection;
 use crate::error::ConnectError;
 use crate::runtime::ServiceRuntime;
+use crate::tripwire::Tripwire;
 use crate::wire;
 use futures::StreamExt;
 use lapin::message::Delivery;
@@ -127,7 +128,7 @@ pub(super) struct Handoff {
     /// Cancelled once the session's connection is known to be lost: acks
     /// and confirms still awaited on it will never come (see
     /// [`SETTLE_TIMEOUT`]), and the broker redelivers those messages.
-    pub(super) gone: CancellationToken,
+    pub(super) gone: Tripwire,
     /// The consume channel's acks, batched (see [`super::acks`]).
     pub(super) acks: Arc<Acks>,
 }
@@ -231,7 +232,7 @@ impl Consumption<'_> {
                 }
                 SessionEnd::Lost(reason) => {
                     self.publish.send_replace(None);
-                    gone.cancel();
+                    gone.trip();
                     tracing::warn!(
                         service = %name,
                         broker = %config.amqp_uri.get(broker).endpoint(),
@@ -359,7 +360,7 @@ impl Consumption<'_> {
                     delivery_mode: config.delivery_mode(),
                 },
                 max_request_bytes: config.max_request_bytes,
-                gone: CancellationToken::new(),
+                gone: Tripwire::new(),
                 acks: Acks::new(),
             }),
         })
@@ -370,10 +371,14 @@ impl Consumption<'_> {
     async fn consume(&self, mut session: Session) -> SessionEnd {
         // A delivery taken from the stream while all workers were busy when
         // the stop came: it is handled while winding down.
+        // One wait on the stop for the whole session: made afresh for each
+        // delivery it took the token's lock twice per call.
+        let stopped = self.stop.cancelled();
+        tokio::pin!(stopped);
         let held = loop {
             let next = tokio::select! {
                 biased;
-                _ = self.stop.cancelled() => break None,
+                _ = &mut stopped => break None,
                 d = session.deliveries.next() => d,
             };
             let (entry, delivery) = match next {
@@ -388,7 +393,7 @@ impl Consumption<'_> {
             let slot = tokio::select! {
                 biased;
                 slot = Arc::clone(&self.workers).acquire_owned() => slot,
-                _ = self.stop.cancelled() => break Some((entry, delivery)),
+                _ = &mut stopped => break Some((entry, delivery)),
             };
             match slot {
                 Ok(permit) => self.spawn(entry, delivery, &session.handoff, permit),
@@ -491,10 +496,8 @@ impl Consumption<'_> {
                 // Boxed before it is spawned: the call's future holds the
                 // delivery and its state machine is large; tokio moves a
                 // task's future on the way in and overwrites it when done.
-                self.tracker.spawn(Box::pin(settled(
-                    registered,
-                    call.handle(delivery, permit),
-                )));
+                self.tracker
+                    .spawn(Box::pin(settled(registered, call.handle(delivery, permit))));
             }
             Entry::Event(i) => {
                 let Some(handler) = self.def.event_handlers.get(i).cloned() else {
@@ -505,10 +508,8 @@ impl Consumption<'_> {
                     runtime: Arc::clone(self.runtime),
                     handoff: Arc::clone(handoff),
                 };
-                self.tracker.spawn(Box::pin(settled(
-                    registered,
-                    call.handle(delivery, permit),
-                )));
+                self.tracker
+                    .spawn(Box::pin(settled(registered, call.handle(delivery, permit))));
             }
         }
     }
@@ -611,11 +612,7 @@ pub(super) async fn unless_gone<T>(
     handoff: &Handoff,
     settle: impl std::future::Future<Output = T>,
 ) -> Option<T> {
-    tokio::select! {
-        biased;
-        settled = settle => Some(settled),
-        _ = handoff.gone.cancelled() => None,
-    }
+    handoff.gone.guard(settle).await
 }
 
 /// Acks a handled delivery: with the others done before it, in one

@@ -34,6 +34,23 @@ pub fn read_context(headers: Option<&FieldTable>) -> IncomingContext {
         let key = key.as_str();
         let key = key.strip_prefix(HEADER_PREFIX).unwrap_or(key);
         if key == CALL_ID_STACK {
+            // Every call carries one; read as strings directly rather than
+            // through a JSON array.
+            if let AMQPValue::FieldArray(items) = value {
+                ctx.call_id_stack = items
+                    .as_slice()
+                    .iter()
+                    .map(|item| match item {
+                        AMQPValue::LongString(s) => text(s.as_bytes()),
+                        AMQPValue::ShortString(s) => s.as_str().to_owned(),
+                        other => match amqp_to_json(other) {
+                            Value::String(s) => s,
+                            other => other.to_string(),
+                        },
+                    })
+                    .collect();
+                continue;
+            }
             ctx.call_id_stack = match amqp_to_json(value) {
                 Value::Array(items) => items
                     .into_iter()
@@ -94,12 +111,8 @@ pub fn amqp_to_json(value: &AMQPValue) -> Value {
         AMQPValue::Double(f) => float(*f),
         AMQPValue::DecimalValue(d) => float(f64::from(d.value) / 10f64.powi(i32::from(d.scale))),
         AMQPValue::ShortString(s) => Value::String(s.as_str().to_owned()),
-        AMQPValue::LongString(s) => {
-            Value::String(String::from_utf8_lossy(s.as_bytes()).into_owned())
-        }
-        AMQPValue::ByteArray(b) => {
-            Value::String(String::from_utf8_lossy(b.as_slice()).into_owned())
-        }
+        AMQPValue::LongString(s) => Value::String(text(s.as_bytes())),
+        AMQPValue::ByteArray(b) => Value::String(text(b.as_slice())),
         AMQPValue::FieldArray(items) => {
             Value::Array(items.as_slice().iter().map(amqp_to_json).collect())
         }
@@ -110,6 +123,16 @@ pub fn amqp_to_json(value: &AMQPValue) -> Value {
                 .collect::<Map<_, _>>(),
         ),
         AMQPValue::Void => Value::Null,
+    }
+}
+
+/// Header bytes as text, invalid UTF-8 replaced. The check alone is much
+/// cheaper than `from_utf8_lossy`'s walk, and headers are almost always
+/// valid.
+fn text(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s.to_owned(),
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
     }
 }
 
@@ -167,6 +190,34 @@ mod tests {
         assert_eq!(ctx.data.get("user_id"), Some(&json!("u1")));
         assert_eq!(ctx.data.get("x-other"), Some(&json!(5)));
         assert!(!ctx.data.contains_key("call_id_stack"));
+    }
+
+    #[test]
+    fn a_stack_of_odd_entries_reads_as_text() {
+        let mut t = FieldTable::default();
+        t.insert(
+            "nameko.call_id_stack".into(),
+            AMQPValue::FieldArray(
+                vec![
+                    AMQPValue::LongString(b"a.b.\xff"[..].into()),
+                    AMQPValue::ShortString("c.d.2".into()),
+                    AMQPValue::LongInt(3),
+                    AMQPValue::ByteArray(b"e.f.4".to_vec().into()),
+                ]
+                .into(),
+            ),
+        );
+        let ctx = read_context(Some(&t));
+        assert_eq!(
+            ctx.call_id_stack,
+            vec!["a.b.\u{fffd}", "c.d.2", "3", "e.f.4"]
+        );
+        // A single string instead of an array is a stack of one.
+        t.insert(
+            "nameko.call_id_stack".into(),
+            AMQPValue::LongString("g.h.5".into()),
+        );
+        assert_eq!(read_context(Some(&t)).call_id_stack, vec!["g.h.5"]);
     }
 
     #[test]

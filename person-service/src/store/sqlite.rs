@@ -28,7 +28,9 @@ use super::{
     OutboxEvent, StoreError, StoreOptions, Unhealthy, WriteMeta, WriteOp, Written,
 };
 use crate::domain::{DomainError, Page, Person};
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
+use rusqlite::{
+    params, CachedStatement, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior,
+};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -676,20 +678,23 @@ impl Writer {
     ) -> rusqlite::Result<BatchOutcome> {
         let conn = &self.conn;
         run(conn, "BEGIN IMMEDIATE")?;
+        let mut statements = Statements::new(conn);
         let now = unix_now();
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut events = Vec::new();
         for (op, meta, _) in batch {
             let outcome = match isolation {
-                Isolation::Shared => match apply_job(conn, op, meta, now, Replays::OnConflict) {
-                    Ok(applied) => Ok(applied),
-                    // Nothing was changed: the row is not there.
-                    Err(JobError::Refused(e)) => Err(e),
-                    Err(JobError::Database(e)) => return Err(e),
-                },
+                Isolation::Shared => {
+                    match apply_job(&mut statements, op, meta, now, Replays::OnConflict) {
+                        Ok(applied) => Ok(applied),
+                        // Nothing was changed: the row is not there.
+                        Err(JobError::Refused(e)) => Err(e),
+                        Err(JobError::Database(e)) => return Err(e),
+                    }
+                }
                 Isolation::Savepoints => {
                     run(conn, "SAVEPOINT write")?;
-                    match apply_job(conn, op, meta, now, Replays::LookedUp) {
+                    match apply_job(&mut statements, op, meta, now, Replays::LookedUp) {
                         Ok(applied) => {
                             run(conn, "RELEASE write")?;
                             Ok(applied)
@@ -710,6 +715,8 @@ impl Writer {
                 written
             }));
         }
+        // Back to the cache: nothing may hold a statement across the commit.
+        drop(statements);
         // Housekeeping rides along. In the second attempt it gets a
         // savepoint too: if it fails the deletes wait for the next
         // transaction and the writes still commit.
@@ -768,6 +775,86 @@ impl Writer {
     }
 }
 
+/// The writer's statements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sql {
+    InsertPerson,
+    UpdatePerson,
+    DeletePerson,
+    InsertEvent,
+    LookUpRequest,
+    InsertRequest,
+    ReplaceRequest,
+}
+
+impl Sql {
+    /// One more than the last variant's index, checked below.
+    const COUNT: usize = 7;
+
+    fn text(self) -> &'static str {
+        match self {
+            // Without RETURNING: the row is exactly what was inserted, and
+            // RETURNING costs SQLite a temporary table per insert.
+            Sql::InsertPerson => {
+                "INSERT INTO person (first_name, last_name, age, member) VALUES (?1, ?2, ?3, ?4)"
+            }
+            Sql::UpdatePerson => {
+                "UPDATE person SET
+                    first_name = coalesce(?2, first_name),
+                    last_name  = coalesce(?3, last_name),
+                    age        = coalesce(?4, age),
+                    member     = coalesce(?5, member)
+                 WHERE id = ?1
+                 RETURNING id, first_name, last_name, age, member"
+            }
+            Sql::DeletePerson => "DELETE FROM person WHERE id = ?1",
+            Sql::InsertEvent => {
+                "INSERT INTO event_outbox (event_type, payload, call_id_stack, context, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)"
+            }
+            Sql::LookUpRequest => {
+                "SELECT method, response FROM processed_request WHERE request_id = ?1"
+            }
+            Sql::InsertRequest => {
+                "INSERT INTO processed_request (request_id, method, response, created_at) VALUES (?1, ?2, ?3, ?4)"
+            }
+            Sql::ReplaceRequest => {
+                "INSERT OR REPLACE INTO processed_request (request_id, method, response, created_at) VALUES (?1, ?2, ?3, ?4)"
+            }
+        }
+    }
+}
+
+const _: () = assert!(Sql::ReplaceRequest as usize + 1 == Sql::COUNT);
+
+/// The statements one attempt at a batch uses, each taken from the
+/// connection's cache the first time it is needed and kept to the end of
+/// the attempt. `prepare_cached` hashes the SQL text and reorders the
+/// cache both when a statement is taken and when it goes back: three
+/// times per create when taken per write (BENCHMARKS.md, issue 12).
+struct Statements<'c> {
+    conn: &'c Connection,
+    held: [Option<CachedStatement<'c>>; Sql::COUNT],
+}
+
+impl<'c> Statements<'c> {
+    fn new(conn: &'c Connection) -> Self {
+        Statements {
+            conn,
+            held: std::array::from_fn(|_| None),
+        }
+    }
+
+    fn get(&mut self, sql: Sql) -> rusqlite::Result<&mut CachedStatement<'c>> {
+        let slot = &mut self.held[sql as usize];
+        if slot.is_none() {
+            *slot = Some(self.conn.prepare_cached(sql.text())?);
+        }
+        // Filled just above.
+        slot.as_mut().ok_or(rusqlite::Error::InvalidQuery)
+    }
+}
+
 /// How a write finds out that its request was answered before.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Replays {
@@ -784,7 +871,7 @@ enum Replays {
 /// Applies one write: replays a recorded answer, or makes the change,
 /// records its event and its answer. Returns the event recorded.
 fn apply_job(
-    conn: &Connection,
+    statements: &mut Statements<'_>,
     op: &WriteOp,
     meta: &WriteMeta,
     now: i64,
@@ -798,12 +885,10 @@ fn apply_job(
         WriteOp::Update(..) | WriteOp::Delete(_) => Replays::LookedUp,
     };
     if let (Some(request_id), Replays::LookedUp) = (&meta.request_id, replays) {
-        let recorded: Option<(String, String)> = conn
-            .prepare_cached("SELECT method, response FROM processed_request WHERE request_id = ?1")
-            .and_then(|mut s| {
-                s.query_row(params![request_id], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .optional()
-            })?;
+        let recorded: Option<(String, String)> = statements
+            .get(Sql::LookUpRequest)?
+            .query_row(params![request_id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
         if let Some((recorded_method, response)) = recorded {
             if recorded_method == method {
                 if let Ok(written) = serde_json::from_str::<Written>(&response) {
@@ -823,19 +908,18 @@ fn apply_job(
             );
         }
     }
-    let written = apply(conn, op)?;
+    let written = apply(statements, op)?;
     let mut emitted = None;
     if let Some(ctx) = &meta.event {
         if let Some((event_type, body)) = op.event(&written) {
             let (stack, data) = context_columns(ctx);
-            let id = conn
-                .prepare_cached(
-                    "INSERT INTO event_outbox (event_type, payload, call_id_stack, context, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                )
-                .and_then(|mut s| {
-                    s.insert(params![event_type, body_text(&body), stack, data, now])
-                })?;
+            let id = statements.get(Sql::InsertEvent)?.insert(params![
+                event_type,
+                body_text(&body),
+                stack,
+                data,
+                now
+            ])?;
             emitted = Some(OutboxEvent {
                 id,
                 event_type: event_type.to_owned(),
@@ -848,11 +932,12 @@ fn apply_job(
         let response = serde_json::to_string(&written)
             .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
         let record = match replays {
-            Replays::LookedUp => "INSERT OR REPLACE INTO processed_request (request_id, method, response, created_at) VALUES (?1, ?2, ?3, ?4)",
-            Replays::OnConflict => "INSERT INTO processed_request (request_id, method, response, created_at) VALUES (?1, ?2, ?3, ?4)",
+            Replays::LookedUp => Sql::ReplaceRequest,
+            Replays::OnConflict => Sql::InsertRequest,
         };
-        conn.prepare_cached(record)
-            .and_then(|mut s| s.execute(params![request_id, method, response, now]))?;
+        statements
+            .get(record)?
+            .execute(params![request_id, method, response, now])?;
     }
     Ok((written, emitted))
 }
@@ -877,16 +962,17 @@ fn delete_outbox(conn: &Connection, ids: &[i64]) -> rusqlite::Result<()> {
     Ok(())
 }
 
-fn apply(conn: &Connection, op: &WriteOp) -> Result<Written, JobError> {
+fn apply(statements: &mut Statements<'_>, op: &WriteOp) -> Result<Written, JobError> {
     match op {
         WriteOp::Create(p) => {
             // Without RETURNING: the row is exactly what was inserted, and
             // RETURNING costs SQLite a temporary table per insert.
-            let id = conn
-                .prepare_cached(
-                    "INSERT INTO person (first_name, last_name, age, member) VALUES (?1, ?2, ?3, ?4)",
-                )
-                .and_then(|mut s| s.insert(params![p.first_name, p.last_name, p.age, p.member]))?;
+            let id = statements.get(Sql::InsertPerson)?.insert(params![
+                p.first_name,
+                p.last_name,
+                p.age,
+                p.member
+            ])?;
             Ok(Written::Person(Person {
                 id,
                 first_name: p.first_name.clone(),
@@ -896,31 +982,19 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<Written, JobError> {
             }))
         }
         WriteOp::Update(id, c) => {
-            let person = conn
-                .prepare_cached(
-                    "UPDATE person SET
-                        first_name = coalesce(?2, first_name),
-                        last_name  = coalesce(?3, last_name),
-                        age        = coalesce(?4, age),
-                        member     = coalesce(?5, member)
-                     WHERE id = ?1
-                     RETURNING id, first_name, last_name, age, member",
+            let person = statements
+                .get(Sql::UpdatePerson)?
+                .query_row(
+                    params![id, c.first_name, c.last_name, c.age, c.member],
+                    person_from_row,
                 )
-                .and_then(|mut s| {
-                    s.query_row(
-                        params![id, c.first_name, c.last_name, c.age, c.member],
-                        person_from_row,
-                    )
-                    .optional()
-                })?;
+                .optional()?;
             person
                 .map(Written::Person)
                 .ok_or(JobError::Refused(DomainError::NotFound(*id)))
         }
         WriteOp::Delete(id) => {
-            let n = conn
-                .prepare_cached("DELETE FROM person WHERE id = ?1")
-                .and_then(|mut s| s.execute(params![id]))?;
+            let n = statements.get(Sql::DeletePerson)?.execute(params![id])?;
             if n == 0 {
                 Err(JobError::Refused(DomainError::NotFound(*id)))
             } else {

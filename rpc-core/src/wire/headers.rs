@@ -12,6 +12,12 @@ use std::collections::BTreeMap;
 pub const HEADER_PREFIX: &str = "nameko.";
 /// Context key of the call-id stack.
 pub const CALL_ID_STACK: &str = "call_id_stack";
+/// Its header, on every message (spelled out: `format!` per message cost
+/// a tenth of an event's publish).
+const CALL_ID_STACK_HEADER: &str = "nameko.call_id_stack";
+const _: () = assert!(
+    CALL_ID_STACK_HEADER.len() == HEADER_PREFIX.len() + CALL_ID_STACK.len()
+);
 
 /// What a message's headers say about the call that sent it.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -78,7 +84,10 @@ pub fn write_context(call_id_stack: &[String], data: &BTreeMap<String, Value>) -
         if value.is_null() || key == CALL_ID_STACK {
             continue;
         }
-        if let Ok(name) = ShortString::try_new(format!("{HEADER_PREFIX}{key}")) {
+        let mut name = String::with_capacity(HEADER_PREFIX.len() + key.len());
+        name.push_str(HEADER_PREFIX);
+        name.push_str(key);
+        if let Ok(name) = ShortString::try_new(name) {
             table.insert(name, json_to_amqp(value));
         } else {
             tracing::warn!(key = %key, "context key too long for an AMQP header; not propagated");
@@ -89,7 +98,7 @@ pub fn write_context(call_id_stack: &[String], data: &BTreeMap<String, Value>) -
         .map(|id| AMQPValue::LongString(LongString::from(id.as_bytes())))
         .collect::<Vec<_>>();
     table.insert(
-        ShortString::from(format!("{HEADER_PREFIX}{CALL_ID_STACK}")),
+        ShortString::from(CALL_ID_STACK_HEADER),
         AMQPValue::FieldArray(FieldArray::from(stack)),
     );
     table

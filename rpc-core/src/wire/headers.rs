@@ -15,9 +15,7 @@ pub const CALL_ID_STACK: &str = "call_id_stack";
 /// Its header, on every message (spelled out: `format!` per message cost
 /// a tenth of an event's publish).
 const CALL_ID_STACK_HEADER: &str = "nameko.call_id_stack";
-const _: () = assert!(
-    CALL_ID_STACK_HEADER.len() == HEADER_PREFIX.len() + CALL_ID_STACK.len()
-);
+const _: () = assert!(CALL_ID_STACK_HEADER.len() == HEADER_PREFIX.len() + CALL_ID_STACK.len());
 
 /// What a message's headers say about the call that sent it.
 #[derive(Clone, Debug, Default, PartialEq)]

@@ -74,7 +74,9 @@ impl Call {
             o.started(label);
         }
         let runtime = Arc::clone(&self.runtime);
-        let call_id = ctx.call_id().to_owned();
+        // For the log line if the call is abandoned: a second handle on the
+        // context, not a copy of its id.
+        let logged = ctx.clone();
         let work = async move {
             let started = Instant::now();
             let outcome = self.execute(&ctx, &method, entry, &delivery).await;
@@ -116,7 +118,7 @@ impl Call {
         // profile showed those copies as half of a `get`'s instructions.
         // Boxed, only a pointer moves.
         let work = Box::pin(work.instrument(span));
-        runtime.until_abandoned(work, &call_id).await;
+        runtime.until_abandoned(work, logged.call_id()).await;
     }
 
     /// Runs the request, or says why it cannot run (see [`invoke`]).

@@ -206,7 +206,7 @@ mod tests {
         // First polled here, by the test's own task...
         assert!(futures::poll!(guarded.as_mut()).is_pending());
         // ...then moved to another task, which must be the one woken.
-        let moved = tokio::spawn(async move { guarded.await });
+        let moved = tokio::spawn(guarded);
         for _ in 0..10 {
             tokio::task::yield_now().await;
         }

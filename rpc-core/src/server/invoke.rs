@@ -12,15 +12,30 @@ use crate::wire;
 use futures::FutureExt;
 use std::panic::AssertUnwindSafe;
 
+/// The method a request names, and the service's registration of it if it
+/// has one: looked up once, by the caller, who needs it for its label too.
+#[derive(Clone, Copy)]
+pub(crate) struct Target<'a> {
+    pub(crate) method: &'a str,
+    pub(crate) entry: Option<&'a Method>,
+}
+
+impl<'a> Target<'a> {
+    pub(crate) fn find(def: &'a ServiceDef, method: &'a str) -> Self {
+        Target {
+            method,
+            entry: def.methods.get(method),
+        }
+    }
+}
+
 /// Runs the request, or says why it cannot run: the reply body, or the
 /// error with a flag telling an error the handler raised (expected) from
-/// one about the request itself. `entry` is `method` as the service
-/// registered it, looked up by the caller (who needs it for its label too).
+/// one about the request itself.
 pub(crate) async fn invoke(
     def: &ServiceDef,
     ctx: &Context,
-    method: &str,
-    entry: Option<&Method>,
+    Target { method, entry }: Target<'_>,
     content_type: Option<&str>,
     content_encoding: Option<&str>,
     body: &[u8],

@@ -307,8 +307,7 @@ pub(crate) async fn invoke_local(
     invoke::invoke(
         &service.def,
         ctx,
-        method,
-        service.def.methods.get(method),
+        invoke::Target::find(&service.def, method),
         Some("application/json"),
         Some("utf-8"),
         body,

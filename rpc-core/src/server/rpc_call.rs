@@ -2,7 +2,7 @@
 //! then reply, wait for the broker's confirm, and only then ack.
 
 use super::builder::ServiceDef;
-use super::invoke::invoke;
+use super::invoke::{invoke, Target};
 use super::observer::{CallOutcome, UNKNOWN_METHOD};
 use super::session::{ack, requeue, unless_gone, Handoff};
 use crate::context::{Context, MessageFacts};
@@ -133,8 +133,7 @@ impl Call {
         invoke(
             &self.def,
             ctx,
-            method,
-            entry,
+            Target { method, entry },
             props.content_type().as_ref().map(|c| c.as_str()),
             props.content_encoding().as_ref().map(|c| c.as_str()),
             &delivery.data,

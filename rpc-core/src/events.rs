@@ -24,6 +24,7 @@ use crate::context::Context;
 use crate::error::ConnectError;
 use crate::link::Link;
 use crate::method::ArgumentError;
+use crate::publish::OrderedChannel;
 use crate::wire::{self, EventHandlerType, WireError};
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -230,7 +231,7 @@ async fn confirmed_by(
 /// exchange in `exchanges`, and waits for the confirms; returns how many of
 /// the first were confirmed.
 async fn publish_encoded(
-    channel: &lapin::Channel,
+    channel: &OrderedChannel,
     events: &[EncodedEvent<'_>],
     exchanges: &[(&str, ShortString)],
     delivery_mode: u8,
@@ -297,7 +298,7 @@ pub struct ServicePublisher {
     exchange: Option<ShortString>,
     delivery_mode: u8,
     rpc_timeout: Duration,
-    channel: tokio::sync::watch::Receiver<Option<lapin::Channel>>,
+    channel: tokio::sync::watch::Receiver<Option<OrderedChannel>>,
 }
 
 impl std::fmt::Debug for ServicePublisher {
@@ -317,7 +318,7 @@ impl ServicePublisher {
         service: &str,
         declared: bool,
         config: &Config,
-        channel: tokio::sync::watch::Receiver<Option<lapin::Channel>>,
+        channel: tokio::sync::watch::Receiver<Option<OrderedChannel>>,
     ) -> Self {
         ServicePublisher {
             service: service.into(),

@@ -81,6 +81,7 @@ pub mod events;
 mod link;
 pub mod method;
 pub mod proxy;
+mod publish;
 mod runtime;
 pub mod server;
 pub mod shutdown;

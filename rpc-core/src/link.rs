@@ -11,6 +11,7 @@
 use crate::config::Config;
 use crate::connection;
 use crate::error::ConnectError;
+use crate::publish::OrderedChannel;
 use crate::wire;
 use futures::StreamExt;
 use lapin::options::{
@@ -87,7 +88,7 @@ impl ReplyQueueName {
 /// What users of a link publish on while it is up.
 #[derive(Clone)]
 pub(crate) struct Session {
-    pub(crate) channel: Channel,
+    pub(crate) channel: OrderedChannel,
     /// Exchanges already declared on this connection.
     declared: Arc<Mutex<HashSet<String>>>,
 }
@@ -107,7 +108,7 @@ impl Session {
         if known {
             return Ok(());
         }
-        connection::declare_topic_exchange(&self.channel, name.as_str()).await?;
+        connection::declare_topic_exchange(self.channel.channel(), name.as_str()).await?;
         if let Ok(mut set) = self.declared.lock() {
             set.insert(name.as_str().to_owned());
         }
@@ -328,7 +329,7 @@ async fn setup(
         .map_err(refused("publisher confirms"))?;
     Ok(Setup {
         session: Session {
-            channel: publish,
+            channel: OrderedChannel::new(publish),
             declared: Arc::default(),
         },
         consume,
@@ -535,7 +536,7 @@ impl Supervisor {
             None
         };
         let mut channels: Vec<&Channel> = reply_channel.iter().collect();
-        channels.push(&setup.session.channel);
+        channels.push(setup.session.channel.channel());
         // Each channel closes before the connection, so that lapin does not
         // find them open (and log an error) once it is gone.
         connection::close_channels(&channels, "closed").await;

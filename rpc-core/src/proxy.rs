@@ -115,6 +115,22 @@ impl Args {
 enum ReplyEvent {
     Body(Vec<u8>),
     Lost(String),
+    /// The broker returned the request (unroutable); it came with another
+    /// call's confirm (see [`RpcProxy::call_async`]).
+    Returned {
+        reply_code: u16,
+        reply_text: String,
+    },
+}
+
+/// The error for a request the broker returned: 312 NO_ROUTE means no queue
+/// is bound for the service, as nameko's `UnknownService`.
+fn returned_error(service: &str, reply_code: u16, reply_text: &str) -> CallError {
+    if reply_code == 312 {
+        CallError::UnknownService(service.to_owned())
+    } else {
+        CallError::Publish(format!("{reply_code} {reply_text}"))
+    }
 }
 
 /// Calls waiting for a reply, by correlation id.
@@ -427,18 +443,47 @@ impl RpcProxy {
         let confirmation = tokio::time::timeout_at(deadline, publish)
             .await
             .map_err(|_| timed_out())??;
-        match confirmation {
-            Confirmation::Ack(None) | Confirmation::NotRequested => {}
-            Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
-                return Err(if returned.reply_code == 312 {
-                    CallError::UnknownService(service.to_owned())
-                } else {
-                    CallError::Publish(format!("{} {}", returned.reply_code, returned.reply_text))
-                });
+        // lapin hands a returned message to the confirm it resolves next,
+        // and a multiple ack resolves several confirms in no set order: the
+        // return may come with another call's confirm. The returned request
+        // names its call by correlation id.
+        let (nacked, returned) = match confirmation {
+            Confirmation::Ack(returned) => (false, returned),
+            Confirmation::Nack(returned) => (true, returned),
+            Confirmation::NotRequested => (false, None),
+        };
+        if let Some(returned) = returned {
+            let owner = returned
+                .properties
+                .correlation_id()
+                .as_ref()
+                .map(|id| id.as_str().to_owned());
+            let code = returned.reply_code;
+            let text = returned.reply_text.as_str();
+            match owner {
+                Some(owner) if owner == correlation_id => {
+                    return Err(returned_error(service, code, text));
+                }
+                Some(owner) => match self.shared.pending.remove(&owner) {
+                    Some(tx) => {
+                        let _ = tx.send(ReplyEvent::Returned {
+                            reply_code: code,
+                            reply_text: text.to_owned(),
+                        });
+                    }
+                    None => tracing::debug!(
+                        correlation_id = %owner,
+                        "returned request of a call no longer waiting; dropped"
+                    ),
+                },
+                None => tracing::warn!(
+                    reply_code = code,
+                    "the broker returned a message without a correlation id; dropped"
+                ),
             }
-            Confirmation::Nack(None) => {
-                return Err(CallError::Publish("the broker nacked the request".into()))
-            }
+        }
+        if nacked {
+            return Err(CallError::Publish("the broker nacked the request".into()));
         }
         tracing::trace!(%correlation_id, service, method, "request published");
         Ok(PendingCall {
@@ -560,6 +605,10 @@ impl<T: DeserializeOwned> PendingCall<T> {
                     }
                     Ok(Err(_)) => return Err(lost("the reply listener stopped".into())),
                     Ok(Ok(ReplyEvent::Lost(reason))) => return Err(lost(reason)),
+                    Ok(Ok(ReplyEvent::Returned {
+                        reply_code,
+                        reply_text,
+                    })) => return Err(returned_error(&self.service, reply_code, &reply_text)),
                     Ok(Ok(ReplyEvent::Body(body))) => body,
                 };
                 match wire::decode_reply(&body) {

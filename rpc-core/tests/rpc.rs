@@ -233,6 +233,59 @@ async fn timeout_leaves_the_proxy_usable() {
     svc.stop().await;
 }
 
+/// Many tasks on two threads publish through one proxy's channel, half of
+/// them to a service that does not exist. The broker numbers a channel's
+/// messages in the order their frames arrive and returns each unroutable
+/// one just before the confirm of its number; if a publish's frames could
+/// overtake another's after the two took their delivery tags, a call would
+/// get the other's return (a live service reported unknown, and the call
+/// to the missing one left waiting for a reply).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_to_live_and_missing_services_each_get_their_own_answer() {
+    let config = config();
+    let (probe, _) = Probe::new();
+    let mut svc = start_calc(&config, probe).await;
+    let p = std::sync::Arc::new(proxy(&config).await);
+    let missing = test_support::unique_name("no-such-service");
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..600i64 {
+        let p = std::sync::Arc::clone(&p);
+        let live = svc.name.clone();
+        let missing = missing.clone();
+        calls.spawn(async move {
+            let outcome = if i % 2 == 0 {
+                p.call(&live, "add", Args::new().arg(i).arg(1)).await
+            } else {
+                p.call(&missing, "add", Args::new().arg(i).arg(1)).await
+            };
+            (i, outcome)
+        });
+    }
+    let mut wrong = Vec::new();
+    while let Some(joined) = calls
+        .join_next()
+        .within(Duration::from_secs(60), "the calls")
+        .await
+    {
+        let (i, outcome) = joined.expect("call task");
+        let right = match (&outcome, i % 2) {
+            (Ok(v), 0) => *v == json!(i + 1),
+            (Err(CallError::UnknownService(s)), 1) => *s == missing,
+            _ => false,
+        };
+        if !right {
+            wrong.push(format!("call {i}: {outcome:?}"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} calls got another's answer: {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(5)]
+    );
+    svc.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_service_fails_at_once() {
     let config = config();

@@ -215,7 +215,7 @@ impl Service {
         config: Config,
         stop: CancellationToken,
         status: watch::Sender<ServiceStatus>,
-        publish: watch::Sender<Option<lapin::Channel>>,
+        publish: watch::Sender<Option<crate::publish::OrderedChannel>>,
     ) -> Result<(), ServiceError> {
         self.check(&config)?;
         let name = self.def.name.clone();

@@ -8,12 +8,12 @@ use super::session::{ack, requeue, unless_gone, Handoff};
 use crate::context::{Context, MessageFacts};
 use crate::error::RpcError;
 use crate::method::Method;
+use crate::publish::OrderedChannel;
 use crate::runtime::ServiceRuntime;
 use crate::wire;
 use crate::worker::WorkerSlot;
 use lapin::message::Delivery;
 use lapin::options::BasicPublishOptions;
-use lapin::Channel;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::OwnedSemaphorePermit;
@@ -22,7 +22,7 @@ use tracing::Instrument;
 /// Publishes replies with confirms.
 #[derive(Clone)]
 pub(super) struct Replier {
-    pub(super) channel: Channel,
+    pub(super) channel: OrderedChannel,
     pub(super) exchange: String,
     pub(super) delivery_mode: u8,
 }

@@ -17,6 +17,7 @@ use super::ServiceError;
 use crate::config::{Config, QueueType};
 use crate::connection;
 use crate::error::ConnectError;
+use crate::publish::OrderedChannel;
 use crate::runtime::ServiceRuntime;
 use crate::tripwire::Tripwire;
 use crate::wire;
@@ -47,7 +48,7 @@ pub(super) struct Consumption<'a> {
     /// The session's publishing channel, for the service's
     /// [`ServicePublisher`](crate::events::ServicePublisher); `None` while
     /// there is no session.
-    pub(super) publish: &'a watch::Sender<Option<Channel>>,
+    pub(super) publish: &'a watch::Sender<Option<OrderedChannel>>,
     pub(super) workers: Arc<Semaphore>,
 }
 
@@ -355,7 +356,7 @@ impl Consumption<'_> {
             tags,
             handoff: Arc::new(Handoff {
                 replies: Replier {
-                    channel: publish,
+                    channel: OrderedChannel::new(publish),
                     exchange: config.rpc_exchange.clone(),
                     delivery_mode: config.delivery_mode(),
                 },
@@ -420,7 +421,10 @@ impl Consumption<'_> {
             );
         }
         SessionEnd::Stopped(
-            Box::new((session.consume, session.handoff.replies.channel.clone())),
+            Box::new((
+                session.consume,
+                session.handoff.replies.channel.channel().clone(),
+            )),
             deadline,
         )
     }

@@ -197,6 +197,107 @@ async fn events_committed_while_nothing_publishes_go_out_at_start() {
     published_and_stopped(&store, watcher).await;
 }
 
+/// While the service has no connection the relay stands in with one of its
+/// own; once the service is connected again the relay publishes on the
+/// service's connection and closes the stand-in. Each side goes through a
+/// proxy of its own, so the test sees the service's connection held off
+/// and the stand-in's connection close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_closes_its_stand_in_connection_once_the_service_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("person.db");
+    let name = unique_name("person");
+    let _cleanup = Cleanup::new()
+        .service(&name)
+        .exchange(&format!("{name}.events"));
+    let broker = test_support::require_broker();
+    let service_side = test_support::faulty::FaultyProxy::in_front_of(&broker).await;
+    let relay_side = test_support::faulty::FaultyProxy::in_front_of(&broker).await;
+    service_side.refuse(true);
+    let service_config = rpc_core::Config::new(&service_side.uri(&broker)).unwrap();
+    let relay_config = rpc_core::Config::new(&relay_side.uri(&broker)).unwrap();
+    let mut service = Service::builder(&name)
+        .publishes_events()
+        .method(
+            "ping",
+            rpc_core::Signature::new(),
+            |_: Context, (): ()| async { Ok::<_, rpc_core::RpcError>(true) },
+        )
+        .build()
+        .spawn(service_config);
+    let publisher = service.publisher();
+    assert!(
+        !publisher.is_connected(),
+        "the broker is refused to the service"
+    );
+
+    let (watcher, mut seen, _c) = subscribe(&name).await;
+    let store = Store::open(&db).unwrap();
+    let stop = rpc_core::CancellationToken::new();
+    let relay = tokio::spawn(person_service::outbox::run(
+        store.clone(),
+        relay_config,
+        name.clone(),
+        Some(publisher.clone()),
+        stop.clone(),
+    ));
+    let meta = WriteMeta {
+        request_id: None,
+        event: Some(EventContext::default()),
+    };
+    let create = |first: &str| NewPerson::new(first.into(), "Relay".into(), 4, false).unwrap();
+    store.create(create("Before"), meta.clone()).await.unwrap();
+    let (kind, data, _) = next(&mut seen).await;
+    assert_eq!(
+        (kind.as_str(), &data["first_name"]),
+        ("person_created", &json!("Before"))
+    );
+    assert_eq!(
+        relay_side.open(),
+        1,
+        "the relay published on a connection of its own"
+    );
+
+    service_side.refuse(false);
+    service
+        .ready()
+        .within(test_support::START_BOUND, "the service to connect")
+        .await
+        .unwrap();
+    assert!(publisher.is_connected());
+    store.create(create("After"), meta).await.unwrap();
+    let (kind, data, _) = next(&mut seen).await;
+    assert_eq!(
+        (kind.as_str(), &data["first_name"]),
+        ("person_created", &json!("After"))
+    );
+    // The stand-in is closed before the relay claims the batch it then
+    // publishes on the service's connection; its TCP connection ends once
+    // the broker has answered the close. No event marks that end: look
+    // again until it has, within a bound.
+    let closed = async {
+        while relay_side.open() != 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    closed
+        .within(Duration::from_secs(10), "the stand-in connection to close")
+        .await;
+    assert_eq!(relay_side.accepted(), 1, "one stand-in connection in all");
+
+    stop.cancel();
+    relay
+        .within(test_support::STOP_BOUND, "the relay to stop")
+        .await
+        .unwrap();
+    service
+        .shutdown()
+        .within(test_support::STOP_BOUND, "the service to stop")
+        .await
+        .unwrap();
+    published_and_stopped(&store, watcher).await;
+}
+
 /// The relay publishes on the service's connection while the service has
 /// one; with the service stopped (as in the last drain of a shutdown) it
 /// falls back on a connection of its own, and the events still go out.

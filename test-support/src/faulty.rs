@@ -132,6 +132,16 @@ impl FaultyProxy {
     pub fn accepted(&self) -> usize {
         self.state.accepted.load(Ordering::SeqCst)
     }
+
+    /// Connections open through the proxy now: a link ends when either
+    /// side closes its end.
+    pub fn open(&self) -> usize {
+        self.state
+            .links
+            .lock()
+            .map(|links| links.iter().filter(|l| !l.is_finished()).count())
+            .unwrap_or(0)
+    }
 }
 
 impl Drop for FaultyProxy {

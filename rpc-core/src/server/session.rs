@@ -126,7 +126,7 @@ struct Session {
 pub(super) struct Handoff {
     pub(super) replies: Replier,
     pub(super) max_request_bytes: usize,
-    /// Cancelled once the session's connection is known to be lost: acks
+    /// Tripped once the session's connection is known to be lost: acks
     /// and confirms still awaited on it will never come (see
     /// [`SETTLE_TIMEOUT`]), and the broker redelivers those messages.
     pub(super) gone: Tripwire,
@@ -370,12 +370,12 @@ impl Consumption<'_> {
     /// Hands deliveries to workers until the stop or a loss; after a stop,
     /// winds the consumers down within the stop's deadline.
     async fn consume(&self, mut session: Session) -> SessionEnd {
-        // A delivery taken from the stream while all workers were busy when
-        // the stop came: it is handled while winding down.
         // One wait on the stop for the whole session: made afresh for each
         // delivery it took the token's lock twice per call.
         let stopped = self.stop.cancelled();
         tokio::pin!(stopped);
+        // A delivery taken from the stream while all workers were busy when
+        // the stop came: it is handled while winding down.
         let held = loop {
             let next = tokio::select! {
                 biased;

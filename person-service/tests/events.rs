@@ -64,6 +64,37 @@ async fn published_and_stopped(store: &Store, watcher: ServiceHandle) {
         .unwrap();
 }
 
+/// A database directory and a service name of the test's own, and the
+/// cleanup of the service's queues and events exchange.
+fn fresh_service() -> (tempfile::TempDir, String, Cleanup) {
+    let dir = tempfile::tempdir().unwrap();
+    let name = unique_name("person");
+    let cleanup = Cleanup::new()
+        .service(&name)
+        .exchange(&format!("{name}.events"));
+    (dir, name, cleanup)
+}
+
+/// A write made outside RPC that dispatches its event.
+fn with_event() -> WriteMeta {
+    WriteMeta {
+        request_id: None,
+        event: Some(EventContext::default()),
+    }
+}
+
+/// A service `name` that publishes its own events (one trivial method).
+fn publishing_service(name: &str) -> Service {
+    Service::builder(name)
+        .publishes_events()
+        .method(
+            "ping",
+            rpc_core::Signature::new(),
+            |_: Context, (): ()| async { Ok::<_, rpc_core::RpcError>(true) },
+        )
+        .build()
+}
+
 async fn next(rx: &mut Seen) -> (String, Value, Vec<String>) {
     tokio::time::timeout(Duration::from_secs(10), rx.recv())
         .await
@@ -147,20 +178,13 @@ async fn every_change_over_either_face_dispatches_its_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_committed_while_nothing_publishes_go_out_at_start() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, name, _cleanup) = fresh_service();
     let db = dir.path().join("person.db");
-    let name = unique_name("person");
-    let _cleanup = Cleanup::new()
-        .service(&name)
-        .exchange(&format!("{name}.events"));
     // Commit two changes with their events and no relay running (as if the
     // process had died right after the commit).
     {
         let store = Store::open(&db).unwrap();
-        let meta = WriteMeta {
-            request_id: None,
-            event: Some(EventContext::default()),
-        };
+        let meta = with_event();
         store
             .create(
                 NewPerson::new("Left".into(), "Behind".into(), 1, false).unwrap(),
@@ -204,27 +228,15 @@ async fn events_committed_while_nothing_publishes_go_out_at_start() {
 /// and the stand-in's connection close.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_closes_its_stand_in_connection_once_the_service_is_back() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, name, _cleanup) = fresh_service();
     let db = dir.path().join("person.db");
-    let name = unique_name("person");
-    let _cleanup = Cleanup::new()
-        .service(&name)
-        .exchange(&format!("{name}.events"));
     let broker = test_support::require_broker();
     let service_side = test_support::faulty::FaultyProxy::in_front_of(&broker).await;
     let relay_side = test_support::faulty::FaultyProxy::in_front_of(&broker).await;
     service_side.refuse(true);
     let service_config = rpc_core::Config::new(&service_side.uri(&broker)).unwrap();
     let relay_config = rpc_core::Config::new(&relay_side.uri(&broker)).unwrap();
-    let mut service = Service::builder(&name)
-        .publishes_events()
-        .method(
-            "ping",
-            rpc_core::Signature::new(),
-            |_: Context, (): ()| async { Ok::<_, rpc_core::RpcError>(true) },
-        )
-        .build()
-        .spawn(service_config);
+    let mut service = publishing_service(&name).spawn(service_config);
     let publisher = service.publisher();
     assert!(
         !publisher.is_connected(),
@@ -241,10 +253,7 @@ async fn the_relay_closes_its_stand_in_connection_once_the_service_is_back() {
         Some(publisher.clone()),
         stop.clone(),
     ));
-    let meta = WriteMeta {
-        request_id: None,
-        event: Some(EventContext::default()),
-    };
+    let meta = with_event();
     let create = |first: &str| NewPerson::new(first.into(), "Relay".into(), 4, false).unwrap();
     store.create(create("Before"), meta.clone()).await.unwrap();
     let (kind, data, _) = next(&mut seen).await;
@@ -303,23 +312,11 @@ async fn the_relay_closes_its_stand_in_connection_once_the_service_is_back() {
 /// falls back on a connection of its own, and the events still go out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_service_stopped_the_relay_publishes_on_its_own_connection() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, name, _cleanup) = fresh_service();
     let db = dir.path().join("person.db");
-    let name = unique_name("person");
-    let _cleanup = Cleanup::new()
-        .service(&name)
-        .exchange(&format!("{name}.events"));
     let config = rpc_core::Config::new(&test_support::require_broker()).unwrap();
     // A service that has come and gone: its publisher has no session.
-    let mut stopped = Service::builder(&name)
-        .publishes_events()
-        .method(
-            "ping",
-            rpc_core::Signature::new(),
-            |_: Context, (): ()| async { Ok::<_, rpc_core::RpcError>(true) },
-        )
-        .build()
-        .spawn(config.clone());
+    let mut stopped = publishing_service(&name).spawn(config.clone());
     stopped
         .ready()
         .within(test_support::START_BOUND, "the service to start")
@@ -338,10 +335,7 @@ async fn with_the_service_stopped_the_relay_publishes_on_its_own_connection() {
     store
         .create(
             NewPerson::new("After".into(), "Stop".into(), 3, false).unwrap(),
-            WriteMeta {
-                request_id: None,
-                event: Some(EventContext::default()),
-            },
+            with_event(),
         )
         .await
         .unwrap();

@@ -97,39 +97,28 @@ impl<F: Future> Future for Guarded<'_, F> {
         if shared.tripped.load(Ordering::SeqCst) {
             return Poll::Ready(None);
         }
-        match &this.registered {
-            Some((_, waker)) if waker.will_wake(cx.waker()) => Poll::Pending,
-            _ => {
-                let mut waiters = shared.waiters();
-                // Checked again under the lock: a trip that took the
-                // wakers before this one went in has set the flag already.
-                if shared.tripped.load(Ordering::SeqCst) {
-                    return Poll::Ready(None);
-                }
-                let waker = cx.waker().clone();
-                match &this.registered {
-                    Some((slot, _)) => waiters.slots[*slot] = Some(waker.clone()),
-                    None => {
-                        let slot = match waiters.free.pop() {
-                            Some(slot) => {
-                                waiters.slots[slot] = Some(waker.clone());
-                                slot
-                            }
-                            None => {
-                                waiters.slots.push(Some(waker.clone()));
-                                waiters.slots.len() - 1
-                            }
-                        };
-                        this.registered = Some((slot, waker));
-                        return Poll::Pending;
-                    }
-                }
-                if let Some((_, own)) = &mut this.registered {
-                    *own = waker;
-                }
-                Poll::Pending
+        if let Some((_, waker)) = &this.registered {
+            if waker.will_wake(cx.waker()) {
+                return Poll::Pending;
             }
         }
+        let mut waiters = shared.waiters();
+        // Checked again under the lock: a trip that took the wakers before
+        // this one went in has set the flag already.
+        if shared.tripped.load(Ordering::SeqCst) {
+            return Poll::Ready(None);
+        }
+        let slot = match &this.registered {
+            Some((slot, _)) => *slot,
+            None => waiters.free.pop().unwrap_or_else(|| {
+                waiters.slots.push(None);
+                waiters.slots.len() - 1
+            }),
+        };
+        let waker = cx.waker().clone();
+        waiters.slots[slot] = Some(waker.clone());
+        this.registered = Some((slot, waker));
+        Poll::Pending
     }
 }
 

@@ -846,12 +846,10 @@ impl<'c> Statements<'c> {
     }
 
     fn get(&mut self, sql: Sql) -> rusqlite::Result<&mut CachedStatement<'c>> {
-        let slot = &mut self.held[sql as usize];
-        if slot.is_none() {
-            *slot = Some(self.conn.prepare_cached(sql.text())?);
+        match &mut self.held[sql as usize] {
+            Some(statement) => Ok(statement),
+            slot @ None => Ok(slot.insert(self.conn.prepare_cached(sql.text())?)),
         }
-        // Filled just above.
-        slot.as_mut().ok_or(rusqlite::Error::InvalidQuery)
     }
 }
 

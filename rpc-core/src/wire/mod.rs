@@ -436,6 +436,8 @@ mod tests {
 
     #[test]
     fn request_rules() {
+        // A JSON request, as every caller sends it, with the default limit.
+        let decode = |body: &[u8]| decode_request(Some("application/json"), None, body, LIMIT);
         let ok = decode_request(
             Some("application/json"),
             Some("utf-8"),
@@ -449,17 +451,11 @@ mod tests {
                 kwargs: json!({"b": 2}).as_object().cloned().unwrap()
             })
         );
-        assert_eq!(
-            decode_request(Some("application/json"), None, br#"{"args": []}"#, LIMIT),
-            Err(WireError::MissingArgs)
-        );
-        assert_eq!(
-            decode_request(Some("application/json"), None, br#"[1, 2]"#, LIMIT),
-            Err(WireError::MissingArgs)
-        );
+        assert_eq!(decode(br#"{"args": []}"#), Err(WireError::MissingArgs));
+        assert_eq!(decode(br#"[1, 2]"#), Err(WireError::MissingArgs));
         for not_an_object in [&b"[[1], {}]"[..], b"7", b"\"args\"", b"null"] {
             assert_eq!(
-                decode_request(Some("application/json"), None, not_an_object, LIMIT),
+                decode(not_an_object),
                 Err(WireError::MissingArgs),
                 "{}",
                 String::from_utf8_lossy(not_an_object)
@@ -468,42 +464,22 @@ mod tests {
         // Other keys are skipped; an escaped key is still the key; the
         // last of a repeated key counts, as in Python.
         assert_eq!(
-            decode_request(
-                Some("application/json"),
-                None,
-                br#"{"x": {"args": 1}, "args": [0], "\u0061rgs": [2], "kwargs": {}}"#,
-                LIMIT
-            ),
+            decode(br#"{"x": {"args": 1}, "args": [0], "\u0061rgs": [2], "kwargs": {}}"#),
             Ok(RequestBody {
                 args: vec![json!(2)],
                 kwargs: Map::new()
             })
         );
         assert!(matches!(
-            decode_request(
-                Some("application/json"),
-                None,
-                br#"{"args": [], "kwargs": {}} x"#,
-                LIMIT
-            ),
+            decode(br#"{"args": [], "kwargs": {}} x"#),
             Err(WireError::Json(_))
         ));
         assert!(matches!(
-            decode_request(
-                Some("application/json"),
-                None,
-                br#"{"args": [], "kwargs": {"#,
-                LIMIT
-            ),
+            decode(br#"{"args": [], "kwargs": {"#),
             Err(WireError::Json(_))
         ));
         assert_eq!(
-            decode_request(
-                Some("application/json"),
-                None,
-                br#"{"args": {}, "kwargs": {}}"#,
-                LIMIT
-            ),
+            decode(br#"{"args": {}, "kwargs": {}}"#),
             Err(WireError::ArgsShape)
         );
         assert!(matches!(
@@ -518,17 +494,9 @@ mod tests {
             decode_request(Some("application/json"), Some("utf-16"), b"{}", LIMIT),
             Err(WireError::ContentEncoding(_))
         ));
+        assert!(matches!(decode(b"\xff\xfe"), Err(WireError::Json(_))));
         assert!(matches!(
-            decode_request(Some("application/json"), None, b"\xff\xfe", LIMIT),
-            Err(WireError::Json(_))
-        ));
-        assert!(matches!(
-            decode_request(
-                Some("application/json"),
-                None,
-                br#"{"args": [NaN], "kwargs": {}}"#,
-                LIMIT
-            ),
+            decode(br#"{"args": [NaN], "kwargs": {}}"#),
             Err(WireError::Json(_))
         ));
         assert_eq!(

@@ -66,7 +66,8 @@ const OPEN_BUSY_RETRY: Duration = Duration::from_secs(10);
 /// Schema migrations, applied in order; `PRAGMA user_version` records how
 /// many have run.
 const MIGRATIONS: &[&str] = &[
-    // 1: people. AUTOINCREMENT so that an id is never reused after a delete.
+    // 1: people. AUTOINCREMENT so that an id is never reused after a delete
+    // (until 5).
     "CREATE TABLE person (
         id         INTEGER PRIMARY KEY AUTOINCREMENT,
         first_name TEXT    NOT NULL,
@@ -107,6 +108,43 @@ const MIGRATIONS: &[&str] = &[
         SELECT request_id, method, response, created_at FROM processed_request ORDER BY created_at;
     DROP TABLE processed_request;
     ALTER TABLE processed_request_by_age RENAME TO processed_request;",
+    // 5: ids from the writer instead of AUTOINCREMENT, which reads and
+    // rewrites `sqlite_sequence` in every insert (3.3 k instructions
+    // each, two per create). The writer takes the next ids once per
+    // transaction (`Statements::next_id`). A person id is never reused:
+    // one past the larger of the highest id and a high-water mark that a
+    // delete raises to the id it removed. An event id only has to be past
+    // every event this process's relay has published (see
+    // `Inner::relayed`); nothing outside the outbox sees it.
+    "CREATE TABLE high_water (
+        name    TEXT    PRIMARY KEY,
+        last_id INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO high_water (name, last_id)
+        SELECT name, seq FROM sqlite_sequence WHERE name = 'person';
+    CREATE TABLE person_v5 (
+        id         INTEGER PRIMARY KEY,
+        first_name TEXT    NOT NULL,
+        last_name  TEXT    NOT NULL,
+        age        INTEGER NOT NULL CHECK (age BETWEEN 0 AND 150),
+        member     INTEGER NOT NULL DEFAULT 0 CHECK (member IN (0, 1))
+    );
+    INSERT INTO person_v5 (id, first_name, last_name, age, member)
+        SELECT id, first_name, last_name, age, member FROM person;
+    DROP TABLE person;
+    ALTER TABLE person_v5 RENAME TO person;
+    CREATE TABLE event_outbox_v5 (
+        id            INTEGER PRIMARY KEY,
+        event_type    TEXT    NOT NULL,
+        payload       TEXT    NOT NULL,
+        call_id_stack TEXT    NOT NULL,
+        context       TEXT    NOT NULL,
+        created_at    INTEGER NOT NULL
+    );
+    INSERT INTO event_outbox_v5 (id, event_type, payload, call_id_stack, context, created_at)
+        SELECT id, event_type, payload, call_id_stack, context, created_at FROM event_outbox;
+    DROP TABLE event_outbox;
+    ALTER TABLE event_outbox_v5 RENAME TO event_outbox;",
 ];
 
 /// A job for the writer thread, with the channel its outcome goes back on.
@@ -137,9 +175,11 @@ struct Inner {
     outbox: Arc<Notify>,
     /// The last event this store's relay published. Removing published
     /// events is deferred, so the relay reads after this rather than from
-    /// the start; with one writer, ids are in commit order and no event
-    /// can commit below it later.
-    relayed: AtomicI64,
+    /// the start. No event can commit below it later: the writer places
+    /// each new event after the outbox's highest id and after this (once
+    /// the published events are removed, the table alone would give their
+    /// ids out again).
+    relayed: Arc<AtomicI64>,
     /// The events this store's writer committed lately, for the relay.
     recent: Arc<Mutex<RecentEvents>>,
 }
@@ -248,11 +288,13 @@ impl SqliteStore {
             .map_err(|e| open_err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
         let outbox = Arc::new(Notify::new());
         let recent = Arc::new(Mutex::new(RecentEvents::default()));
+        let relayed = Arc::new(AtomicI64::new(0));
         let (tx, rx) = mpsc::channel();
         let writer_state = Writer {
             conn: writer,
             outbox: Arc::clone(&outbox),
             recent: Arc::clone(&recent),
+            relayed: Arc::clone(&relayed),
             request_ttl: options.request_ttl,
             last_prune: None,
         };
@@ -266,7 +308,7 @@ impl SqliteStore {
                 readers,
                 path: path.to_owned(),
                 outbox,
-                relayed: AtomicI64::new(0),
+                relayed,
                 recent,
             }),
         })
@@ -548,6 +590,8 @@ struct Writer {
     conn: Connection,
     outbox: Arc<Notify>,
     recent: Arc<Mutex<RecentEvents>>,
+    /// The relay's position ([`Inner::relayed`]).
+    relayed: Arc<AtomicI64>,
     request_ttl: Duration,
     last_prune: Option<Instant>,
 }
@@ -678,7 +722,7 @@ impl Writer {
     ) -> rusqlite::Result<BatchOutcome> {
         let conn = &self.conn;
         run(conn, "BEGIN IMMEDIATE")?;
-        let mut statements = Statements::new(conn);
+        let mut statements = Statements::new(conn, self.relayed.load(Ordering::Acquire));
         let now = unix_now();
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut events = Vec::new();
@@ -785,18 +829,20 @@ enum Sql {
     LookUpRequest,
     InsertRequest,
     ReplaceRequest,
+    NextIds,
+    RaisePersonHighWater,
 }
 
 impl Sql {
     /// One more than the last variant's index, checked below.
-    const COUNT: usize = 7;
+    const COUNT: usize = 9;
 
     fn text(self) -> &'static str {
         match self {
             // Without RETURNING: the row is exactly what was inserted, and
             // RETURNING costs SQLite a temporary table per insert.
             Sql::InsertPerson => {
-                "INSERT INTO person (first_name, last_name, age, member) VALUES (?1, ?2, ?3, ?4)"
+                "INSERT INTO person (id, first_name, last_name, age, member) VALUES (?1, ?2, ?3, ?4, ?5)"
             }
             Sql::UpdatePerson => {
                 "UPDATE person SET
@@ -809,8 +855,8 @@ impl Sql {
             }
             Sql::DeletePerson => "DELETE FROM person WHERE id = ?1",
             Sql::InsertEvent => {
-                "INSERT INTO event_outbox (event_type, payload, call_id_stack, context, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)"
+                "INSERT INTO event_outbox (id, event_type, payload, call_id_stack, context, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
             }
             Sql::LookUpRequest => {
                 "SELECT method, response FROM processed_request WHERE request_id = ?1"
@@ -821,28 +867,87 @@ impl Sql {
             Sql::ReplaceRequest => {
                 "INSERT OR REPLACE INTO processed_request (request_id, method, response, created_at) VALUES (?1, ?2, ?3, ?4)"
             }
+            // `max(id)` of a rowid table is one step to its last row.
+            Sql::NextIds => {
+                "SELECT 1 + max(ifnull((SELECT max(id) FROM person), 0),
+                                ifnull((SELECT last_id FROM high_water WHERE name = 'person'), 0)),
+                        1 + ifnull((SELECT max(id) FROM event_outbox), 0)"
+            }
+            Sql::RaisePersonHighWater => {
+                "INSERT INTO high_water (name, last_id) VALUES ('person', ?1)
+                 ON CONFLICT (name) DO UPDATE SET last_id = max(last_id, excluded.last_id)"
+            }
         }
     }
 }
 
-const _: () = assert!(Sql::ReplaceRequest as usize + 1 == Sql::COUNT);
+const _: () = assert!(Sql::RaisePersonHighWater as usize + 1 == Sql::COUNT);
 
 /// The statements one attempt at a batch uses, each taken from the
 /// connection's cache the first time it is needed and kept to the end of
 /// the attempt. `prepare_cached` hashes the SQL text and reorders the
 /// cache both when a statement is taken and when it goes back: three
 /// times per create when taken per write (BENCHMARKS.md, issue 12).
+///
+/// It also hands out the ids of the attempt's inserts, read once at the
+/// first insert: the transaction holds the write lock, so no other
+/// writer (thread or process) can take them meanwhile.
 struct Statements<'c> {
     conn: &'c Connection,
     held: [Option<CachedStatement<'c>>; Sql::COUNT],
+    next_ids: Option<NextIds>,
+    /// The last event this process's relay published: removing published
+    /// events may empty the outbox, and the next event must still come
+    /// after it (the relay reads past it).
+    relayed: i64,
+}
+
+/// The ids the attempt's next inserts take.
+#[derive(Clone, Copy, Debug)]
+struct NextIds {
+    person: i64,
+    event: i64,
+}
+
+/// A table whose ids the writer hands out.
+#[derive(Clone, Copy, Debug)]
+enum IdTable {
+    Person,
+    Event,
 }
 
 impl<'c> Statements<'c> {
-    fn new(conn: &'c Connection) -> Self {
+    fn new(conn: &'c Connection, relayed: i64) -> Self {
         Statements {
             conn,
             held: std::array::from_fn(|_| None),
+            next_ids: None,
+            relayed,
         }
+    }
+
+    /// The id for the next row of `table`.
+    fn next_id(&mut self, table: IdTable) -> rusqlite::Result<i64> {
+        let mut ids = match self.next_ids {
+            Some(ids) => ids,
+            None => {
+                let relayed = self.relayed;
+                self.get(Sql::NextIds)?.query_row([], |r| {
+                    Ok(NextIds {
+                        person: r.get(0)?,
+                        event: r.get::<_, i64>(1)?.max(relayed + 1),
+                    })
+                })?
+            }
+        };
+        let next = match table {
+            IdTable::Person => &mut ids.person,
+            IdTable::Event => &mut ids.event,
+        };
+        let id = *next;
+        *next += 1;
+        self.next_ids = Some(ids);
+        Ok(id)
     }
 
     fn get(&mut self, sql: Sql) -> rusqlite::Result<&mut CachedStatement<'c>> {
@@ -911,7 +1016,9 @@ fn apply_job(
     if let Some(ctx) = &meta.event {
         if let Some((event_type, body)) = op.event(&written) {
             let (stack, data) = context_columns(ctx);
-            let id = statements.get(Sql::InsertEvent)?.insert(params![
+            let id = statements.next_id(IdTable::Event)?;
+            statements.get(Sql::InsertEvent)?.execute(params![
+                id,
                 event_type,
                 body_text(&body),
                 stack,
@@ -965,7 +1072,9 @@ fn apply(statements: &mut Statements<'_>, op: &WriteOp) -> Result<Written, JobEr
         WriteOp::Create(p) => {
             // Without RETURNING: the row is exactly what was inserted, and
             // RETURNING costs SQLite a temporary table per insert.
-            let id = statements.get(Sql::InsertPerson)?.insert(params![
+            let id = statements.next_id(IdTable::Person)?;
+            statements.get(Sql::InsertPerson)?.execute(params![
+                id,
                 p.first_name,
                 p.last_name,
                 p.age,
@@ -996,6 +1105,9 @@ fn apply(statements: &mut Statements<'_>, op: &WriteOp) -> Result<Written, JobEr
             if n == 0 {
                 Err(JobError::Refused(DomainError::NotFound(*id)))
             } else {
+                statements
+                    .get(Sql::RaisePersonHighWater)?
+                    .execute(params![id])?;
                 Ok(Written::Deleted(*id))
             }
         }
@@ -1125,6 +1237,7 @@ mod tests {
             conn,
             outbox: Arc::new(Notify::new()),
             recent: Arc::default(),
+            relayed: Arc::default(),
             request_ttl: Duration::from_secs(60),
             last_prune: None,
         };
@@ -1247,6 +1360,118 @@ mod tests {
         assert!(store.claim_outbox(10).await.unwrap().is_empty());
     }
 
+    /// Once every event has been published and removed, the next one
+    /// still gets a higher id than any before it: the relay reads after
+    /// the last id it published, and would pass over a reused one.
+    #[tokio::test]
+    async fn outbox_ids_keep_rising_after_the_outbox_empties() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.db");
+        let store = SqliteStore::open(&path, StoreOptions::default()).unwrap();
+        let meta = || WriteMeta {
+            request_id: None,
+            event: Some(super::super::EventContext::default()),
+        };
+        let create = |n: i64| {
+            store.write(
+                WriteOp::Create(NewPerson {
+                    first_name: format!("P{n}"),
+                    last_name: "L".into(),
+                    age: n,
+                    member: false,
+                }),
+                meta(),
+            )
+        };
+        create(1).await.unwrap();
+        create(2).await.unwrap();
+        let published = store.claim_outbox(10).await.unwrap();
+        let last = published.events().last().unwrap().id;
+        published.finish(2).await.unwrap();
+        store.flush().await.unwrap();
+        let conn = Connection::open(&path).unwrap();
+        assert!(column::<i64>(&conn, "SELECT id FROM event_outbox").is_empty());
+        create(3).await.unwrap();
+        let next = store.claim_outbox(10).await.unwrap();
+        let ids: Vec<i64> = next.events().iter().map(|e| e.id).collect();
+        assert_eq!(ids.len(), 1, "the new event is claimed: {ids:?}");
+        assert!(ids[0] > last, "{} after {last}", ids[0]);
+        assert_eq!(column::<i64>(&conn, "SELECT id FROM event_outbox"), ids);
+    }
+
+    /// A database of schema 4 (AUTOINCREMENT) keeps its rows and ids
+    /// through migration 5, and the id of a person deleted at the top,
+    /// which only `sqlite_sequence` remembered, is not reused. Events
+    /// waiting in the outbox stay, and a new one goes after them.
+    #[tokio::test]
+    async fn ids_deleted_before_the_move_off_autoincrement_stay_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.db");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            let tx = conn.transaction().unwrap();
+            for sql in &MIGRATIONS[..4] {
+                tx.execute_batch(sql).unwrap();
+            }
+            tx.execute_batch(
+                "INSERT INTO person (first_name, last_name, age, member) VALUES
+                    ('Ada', 'L', 36, 1), ('Bo', 'M', 40, 0), ('Cy', 'N', 50, 0);
+                 DELETE FROM person WHERE id = 3;
+                 INSERT INTO event_outbox (event_type, payload, call_id_stack, context, created_at)
+                    VALUES ('person_created', '{}', '[]', '{}', 0), ('person_created', '{}', '[]', '{}', 0);
+                 DELETE FROM event_outbox WHERE id = 2;
+                 PRAGMA user_version = 4;",
+            )
+            .unwrap();
+            tx.commit().unwrap();
+        }
+        let store = SqliteStore::open(&path, StoreOptions::default()).unwrap();
+        let conn = Connection::open(&path).unwrap();
+        assert_eq!(
+            column::<String>(&conn, "SELECT first_name FROM person ORDER BY id"),
+            vec!["Ada", "Bo"]
+        );
+        assert_eq!(column::<i64>(&conn, "SELECT id FROM event_outbox"), vec![1]);
+        let written = store
+            .write(
+                WriteOp::Create(NewPerson {
+                    first_name: "Di".into(),
+                    last_name: "O".into(),
+                    age: 20,
+                    member: false,
+                }),
+                WriteMeta {
+                    request_id: None,
+                    event: Some(super::super::EventContext::default()),
+                },
+            )
+            .await
+            .unwrap();
+        assert!(
+            matches!(written, Written::Person(ref p) if p.id == 4),
+            "{written:?}"
+        );
+        let events = store.claim_outbox(10).await.unwrap();
+        let people: Vec<Option<i64>> = events
+            .events()
+            .iter()
+            .map(|e| e.data().get("id").and_then(|id| id.as_i64()))
+            .collect();
+        assert_eq!(
+            people,
+            vec![None, Some(4)],
+            "the old event first, then the new"
+        );
+        // AUTOINCREMENT is gone: nothing writes sqlite_sequence any more.
+        assert_eq!(
+            column::<i64>(
+                &conn,
+                "SELECT count(*) FROM sqlite_master WHERE sql LIKE '%AUTOINCREMENT%'"
+            ),
+            vec![0]
+        );
+    }
+
     /// Overflowing memory makes the relay read the table again, even a
     /// read that started before the overflow.
     #[test]
@@ -1276,8 +1501,8 @@ mod tests {
     /// Published events go in runs of consecutive ids, one delete each.
     #[test]
     fn outbox_deletes_take_runs_of_ids() {
-        let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(MIGRATIONS[1]).unwrap();
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn, Path::new(":memory:")).unwrap();
         for _ in 0..10 {
             conn.execute(
                 "INSERT INTO event_outbox (event_type, payload, call_id_stack, context, created_at) VALUES ('e', '{}', '[]', '{}', 0)",

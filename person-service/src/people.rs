@@ -7,6 +7,7 @@
 use crate::domain::{DomainError, NewPerson, Page, Person, PersonChanges};
 use crate::store::{EventContext, Store, WriteMeta};
 use rpc_core::Context;
+use std::sync::Arc;
 
 /// Where a change comes from: an RPC call (its context travels with the
 /// event, its correlation id identifies a redelivery) or an HTTP request (a
@@ -58,17 +59,17 @@ impl People {
         match origin {
             Origin::Rpc(ctx) => WriteMeta {
                 request_id: ctx.correlation_id().map(str::to_owned),
-                event: Some(EventContext {
+                event: Some(Arc::new(EventContext {
                     call_id_stack: ctx.call_id_stack().to_vec(),
                     data: ctx.data().clone(),
-                }),
+                })),
             },
             Origin::Http => WriteMeta {
                 request_id: None,
-                event: Some(EventContext {
+                event: Some(Arc::new(EventContext {
                     call_id_stack: vec![rpc_core::wire::new_call_id(&self.service, "http")],
                     data: Default::default(),
-                }),
+                })),
             },
         }
     }

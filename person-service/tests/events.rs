@@ -9,7 +9,7 @@ use helpers::http::Body;
 use helpers::spawn_app;
 use helpers::Api;
 use person_service::domain::NewPerson;
-use person_service::store::{EventContext, Store, WriteMeta};
+use person_service::store::{Store, WriteMeta};
 use rpc_core::events::Subscription;
 use rpc_core::{json, Args, Context, EventHandlerOptions, Service, ServiceHandle, Value};
 use std::time::Duration;
@@ -79,7 +79,7 @@ fn fresh_service() -> (tempfile::TempDir, String, Cleanup) {
 fn with_event() -> WriteMeta {
     WriteMeta {
         request_id: None,
-        event: Some(EventContext::default()),
+        event: Some(Default::default()),
     }
 }
 

@@ -28,6 +28,7 @@ pub use location::{Database, PostgresUrl};
 use crate::domain::{DomainError, NewPerson, Page, Person, PersonChanges};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -110,7 +111,8 @@ pub struct WriteMeta {
     /// request with the same id gets the first answer back.
     pub request_id: Option<String>,
     /// The context the change's event carries; `None` emits no event.
-    pub event: Option<EventContext>,
+    /// Shared with the event the writer hands to the relay, not copied.
+    pub event: Option<Arc<EventContext>>,
 }
 
 /// The call context an event is sent with.
@@ -128,14 +130,15 @@ pub struct OutboxEvent {
     /// Position in the outbox (commit order on SQLite; on PostgreSQL the
     /// order ids were drawn, which concurrent commits may finish out of).
     pub id: i64,
-    /// `person_created`, `person_updated` or `person_deleted`.
-    pub event_type: String,
+    /// `person_created`, `person_updated` or `person_deleted` (borrowed
+    /// when the writer made it, owned when read back from the table).
+    pub event_type: Cow<'static, str>,
     /// The event's data, encoded as it is published
     /// ([`rpc_core::wire::json::to_vec`]): the relay sends these bytes as
     /// they are, the table keeps them as text.
     pub body: Vec<u8>,
     /// The context it is sent with.
-    pub context: EventContext,
+    pub context: Arc<EventContext>,
 }
 
 #[cfg(test)]
@@ -204,12 +207,20 @@ pub(crate) fn body_text(body: &[u8]) -> &str {
     std::str::from_utf8(body).unwrap_or("null")
 }
 
-/// Encodes an event's context for its outbox row.
-pub(crate) fn context_columns(ctx: &EventContext) -> (String, String) {
-    (
-        serde_json::to_string(&ctx.call_id_stack).unwrap_or_else(|_| "[]".into()),
-        serde_json::to_string(&ctx.data).unwrap_or_else(|_| "{}".into()),
-    )
+/// Encodes an event's context for its outbox row. Context data is
+/// usually empty, and a call-id stack sometimes: spelled out, not encoded.
+pub(crate) fn context_columns(ctx: &EventContext) -> (Cow<'static, str>, Cow<'static, str>) {
+    let stack = if ctx.call_id_stack.is_empty() {
+        Cow::Borrowed("[]")
+    } else {
+        serde_json::to_string(&ctx.call_id_stack).map_or(Cow::Borrowed("[]"), Cow::Owned)
+    };
+    let data = if ctx.data.is_empty() {
+        Cow::Borrowed("{}")
+    } else {
+        serde_json::to_string(&ctx.data).map_or(Cow::Borrowed("{}"), Cow::Owned)
+    };
+    (stack, data)
 }
 
 /// Decodes an outbox row. A context that does not decode is sent empty
@@ -225,12 +236,12 @@ pub(crate) fn outbox_event(
 ) -> Result<OutboxEvent, serde_json::Error> {
     Ok(OutboxEvent {
         id,
-        event_type,
+        event_type: Cow::Owned(event_type),
         body: rpc_core::wire::json::to_vec(&serde_json::from_str::<Value>(payload)?)?,
-        context: EventContext {
+        context: Arc::new(EventContext {
             call_id_stack: serde_json::from_str(call_id_stack).unwrap_or_default(),
             data: serde_json::from_str(context).unwrap_or_default(),
-        },
+        }),
     })
 }
 

@@ -31,6 +31,7 @@ use crate::domain::{DomainError, Page, Person};
 use rusqlite::{
     params, CachedStatement, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior,
 };
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -1027,9 +1028,9 @@ fn apply_job(
             ])?;
             emitted = Some(OutboxEvent {
                 id,
-                event_type: event_type.to_owned(),
+                event_type: Cow::Borrowed(event_type),
                 body,
-                context: ctx.clone(),
+                context: Arc::clone(ctx),
             });
         }
     }
@@ -1251,7 +1252,7 @@ mod tests {
             };
             let meta = WriteMeta {
                 request_id: Some(format!("request-{age}")),
-                event: Some(super::super::EventContext::default()),
+                event: Some(Default::default()),
             };
             (WriteOp::Create(person), meta, reply)
         };
@@ -1305,10 +1306,10 @@ mod tests {
         let store = SqliteStore::open(&dir.path().join("p.db"), StoreOptions::default()).unwrap();
         let meta = || WriteMeta {
             request_id: None,
-            event: Some(super::super::EventContext {
+            event: Some(Arc::new(super::super::EventContext {
                 call_id_stack: vec!["caller.call-1".into()],
                 data: Default::default(),
-            }),
+            })),
         };
         let create = |n: i64| {
             let person = NewPerson {
@@ -1370,7 +1371,7 @@ mod tests {
         let store = SqliteStore::open(&path, StoreOptions::default()).unwrap();
         let meta = || WriteMeta {
             request_id: None,
-            event: Some(super::super::EventContext::default()),
+            event: Some(Default::default()),
         };
         let create = |n: i64| {
             store.write(
@@ -1442,7 +1443,7 @@ mod tests {
                 }),
                 WriteMeta {
                     request_id: None,
-                    event: Some(super::super::EventContext::default()),
+                    event: Some(Default::default()),
                 },
             )
             .await

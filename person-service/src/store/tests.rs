@@ -76,7 +76,7 @@ fn none() -> WriteMeta {
 fn rpc(id: &str) -> WriteMeta {
     WriteMeta {
         request_id: Some(id.to_owned()),
-        event: Some(EventContext::default()),
+        event: Some(Default::default()),
     }
 }
 
@@ -219,7 +219,7 @@ async fn a_replayed_request_gets_its_first_answer_and_writes_nothing(fresh: Fres
         .await
         .unwrap()
         .into_iter()
-        .map(|e| e.event_type)
+        .map(|e| e.event_type.into_owned())
         .collect();
     assert_eq!(
         kinds,
@@ -288,7 +288,7 @@ async fn outbox_keeps_order_and_context_until_published(fresh: Fresh) {
     };
     let meta = WriteMeta {
         request_id: None,
-        event: Some(ctx.clone()),
+        event: Some(Arc::new(ctx.clone())),
     };
     let p = store.create(new("E", 3), meta.clone()).await.unwrap();
     store.delete(p.id, meta).await.unwrap();
@@ -296,7 +296,7 @@ async fn outbox_keeps_order_and_context_until_published(fresh: Fresh) {
     assert_eq!(events.len(), 2);
     assert_eq!(events[0].event_type, "person_created");
     assert_eq!(events[0].data(), serde_json::to_value(&p).unwrap());
-    assert_eq!(events[0].context, ctx);
+    assert_eq!(*events[0].context, ctx);
     assert_eq!(events[1].data(), serde_json::json!({"id": p.id}));
     // Bodies are the wire's bytes (kombu's separators), whether the event
     // comes from the table or, below, from the writer's memory.
@@ -410,7 +410,7 @@ async fn postgres_relays_share_the_outbox_and_miss_no_late_commit() {
     let other = fresh.open().await;
     let ctx = WriteMeta {
         request_id: None,
-        event: Some(EventContext::default()),
+        event: Some(Default::default()),
     };
     for i in 0..3 {
         store.create(new("R", i), ctx.clone()).await.unwrap();

@@ -201,6 +201,26 @@ fn encode_event<T: Serialize>(data: &T) -> Vec<u8> {
     rpc_core::wire::json::to_vec(data).unwrap_or_else(|_| b"null".to_vec())
 }
 
+/// Reads a request record's answer back. A record keeps what the write's
+/// event carries ([`WriteOp::event`]: the person, or `{"id": …}` after a
+/// delete), so a create encodes its person once for both; records written
+/// before that kept [`Written`]'s own form, which is read as well.
+pub(crate) fn recorded_answer(method: &str, response: &str) -> Option<Written> {
+    #[derive(Deserialize)]
+    struct Removed {
+        id: i64,
+    }
+    let answer = match method {
+        "delete" => serde_json::from_str::<Removed>(response)
+            .ok()
+            .map(|r| Written::Deleted(r.id)),
+        _ => serde_json::from_str::<Person>(response)
+            .ok()
+            .map(Written::Person),
+    };
+    answer.or_else(|| serde_json::from_str::<Written>(response).ok())
+}
+
 /// An outbox row's payload column: the encoded body as text (the encoder
 /// writes ASCII-only JSON, so this never fails in practice).
 pub(crate) fn body_text(body: &[u8]) -> &str {
@@ -212,6 +232,8 @@ pub(crate) fn body_text(body: &[u8]) -> &str {
 pub(crate) fn context_columns(ctx: &EventContext) -> (Cow<'static, str>, Cow<'static, str>) {
     let stack = if ctx.call_id_stack.is_empty() {
         Cow::Borrowed("[]")
+    } else if let Some(plain) = plain_string_array(&ctx.call_id_stack) {
+        Cow::Owned(plain)
     } else {
         serde_json::to_string(&ctx.call_id_stack).map_or(Cow::Borrowed("[]"), Cow::Owned)
     };
@@ -221,6 +243,29 @@ pub(crate) fn context_columns(ctx: &EventContext) -> (Cow<'static, str>, Cow<'st
         serde_json::to_string(&ctx.data).map_or(Cow::Borrowed("{}"), Cow::Owned)
     };
     (stack, data)
+}
+
+/// A JSON array of strings that need no escaping, written directly: call
+/// ids (`service.method.uuid`) are plain ASCII, and the encoder's
+/// character-by-character escaping was a sixtieth of a create's
+/// instructions. `None` when some string needs escaping.
+fn plain_string_array(items: &[String]) -> Option<String> {
+    let plain = |s: &str| s.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\');
+    if !items.iter().all(|s| plain(s)) {
+        return None;
+    }
+    let mut out = String::with_capacity(2 + items.iter().map(|s| s.len() + 3).sum::<usize>());
+    out.push('[');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('"');
+        out.push_str(item);
+        out.push('"');
+    }
+    out.push(']');
+    Some(out)
 }
 
 /// Decodes an outbox row. A context that does not decode is sent empty

@@ -25,8 +25,9 @@
 //! when it is back.
 
 use super::{
-    body_text, context_columns, expiry_cutoff, outbox_event, unix_now, ClaimInner, OutboxClaim,
-    OutboxEvent, PostgresUrl, StoreError, StoreOptions, Unhealthy, WriteMeta, WriteOp, Written,
+    body_text, context_columns, expiry_cutoff, outbox_event, recorded_answer, unix_now, ClaimInner,
+    OutboxClaim, OutboxEvent, PostgresUrl, StoreError, StoreOptions, Unhealthy, WriteMeta, WriteOp,
+    Written,
 };
 use crate::domain::{DomainError, Page, Person};
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
@@ -445,7 +446,7 @@ async fn write_on(
                 let created_at: i64 = row.try_get(2)?;
                 let live = created_at > expiry_cutoff(ttl);
                 if recorded_method == method && live {
-                    if let Ok(written) = serde_json::from_str::<Written>(&response) {
+                    if let Some(written) = recorded_answer(method, &response) {
                         tx.rollback().await?;
                         tracing::warn!(
                             request_id,
@@ -473,27 +474,26 @@ async fn write_on(
             return Err(WriteError::Domain(e));
         }
     };
+    let event = op.event(&written);
     let mut emitted = false;
-    if let Some(ctx) = &meta.event {
-        if let Some((event_type, body)) = op.event(&written) {
-            let (stack, data) = context_columns(ctx);
-            let insert = tx
-                .prepare_cached(
-                    "INSERT INTO event_outbox (event_type, payload, call_id_stack, context, created_at)
-                     VALUES ($1, $2, $3, $4, $5)",
-                )
-                .await?;
-            tx.execute(
-                &insert,
-                &[&event_type, &body_text(&body), &stack, &data, &now],
+    if let (Some(ctx), Some((event_type, body))) = (&meta.event, &event) {
+        let (stack, data) = context_columns(ctx);
+        let insert = tx
+            .prepare_cached(
+                "INSERT INTO event_outbox (event_type, payload, call_id_stack, context, created_at)
+                 VALUES ($1, $2, $3, $4, $5)",
             )
             .await?;
-            emitted = true;
-        }
+        tx.execute(
+            &insert,
+            &[event_type, &body_text(body), &stack, &data, &now],
+        )
+        .await?;
+        emitted = true;
     }
     if let Some(request_id) = &meta.request_id {
-        let response = serde_json::to_string(&written)
-            .map_err(|_| WriteError::Domain(DomainError::Storage))?;
+        // The answer in the form `recorded_answer` reads: the event's data.
+        let response = event.as_ref().map_or("null", |(_, body)| body_text(body));
         let record = tx
             .prepare_cached(
                 "INSERT INTO processed_request (request_id, method, response, created_at)

@@ -24,8 +24,8 @@
 
 use super::read_pool::ReadPool;
 use super::{
-    body_text, context_columns, expiry_cutoff, outbox_event, unix_now, ClaimInner, OutboxClaim,
-    OutboxEvent, StoreError, StoreOptions, Unhealthy, WriteMeta, WriteOp, Written,
+    body_text, context_columns, expiry_cutoff, outbox_event, recorded_answer, unix_now, ClaimInner,
+    OutboxClaim, OutboxEvent, StoreError, StoreOptions, Unhealthy, WriteMeta, WriteOp, Written,
 };
 use crate::domain::{DomainError, Page, Person};
 use rusqlite::{
@@ -995,7 +995,7 @@ fn apply_job(
             .optional()?;
         if let Some((recorded_method, response)) = recorded {
             if recorded_method == method {
-                if let Ok(written) = serde_json::from_str::<Written>(&response) {
+                if let Some(written) = recorded_answer(method, &response) {
                     tracing::warn!(
                         request_id,
                         method,
@@ -1013,30 +1013,9 @@ fn apply_job(
         }
     }
     let written = apply(statements, op)?;
-    let mut emitted = None;
-    if let Some(ctx) = &meta.event {
-        if let Some((event_type, body)) = op.event(&written) {
-            let (stack, data) = context_columns(ctx);
-            let id = statements.next_id(IdTable::Event)?;
-            statements.get(Sql::InsertEvent)?.execute(params![
-                id,
-                event_type,
-                body_text(&body),
-                stack,
-                data,
-                now
-            ])?;
-            emitted = Some(OutboxEvent {
-                id,
-                event_type: Cow::Borrowed(event_type),
-                body,
-                context: Arc::clone(ctx),
-            });
-        }
-    }
+    let event = op.event(&written);
     if let Some(request_id) = &meta.request_id {
-        let response = serde_json::to_string(&written)
-            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        let response = event.as_ref().map_or("null", |(_, body)| body_text(body));
         let record = match replays {
             Replays::LookedUp => Sql::ReplaceRequest,
             Replays::OnConflict => Sql::InsertRequest,
@@ -1044,6 +1023,25 @@ fn apply_job(
         statements
             .get(record)?
             .execute(params![request_id, method, response, now])?;
+    }
+    let mut emitted = None;
+    if let (Some(ctx), Some((event_type, body))) = (&meta.event, event) {
+        let (stack, data) = context_columns(ctx);
+        let id = statements.next_id(IdTable::Event)?;
+        statements.get(Sql::InsertEvent)?.execute(params![
+            id,
+            event_type,
+            body_text(&body),
+            stack,
+            data,
+            now
+        ])?;
+        emitted = Some(OutboxEvent {
+            id,
+            event_type: Cow::Borrowed(event_type),
+            body,
+            context: Arc::clone(ctx),
+        });
     }
     Ok((written, emitted))
 }

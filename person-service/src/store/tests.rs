@@ -491,3 +491,61 @@ async fn postgres_refuses_a_newer_schema() {
         Ok(_) => panic!("a newer schema was accepted"),
     }
 }
+
+#[test]
+fn request_records_of_either_form_read_back() {
+    let ada = Person {
+        id: 7,
+        first_name: "Ada".into(),
+        last_name: "Lovelace".into(),
+        age: 36,
+        member: true,
+    };
+    let (_, body) = WriteOp::Create(new("Ada", 36))
+        .event(&Written::Person(ada.clone()))
+        .expect("a create has an event");
+    let current = std::str::from_utf8(&body).unwrap();
+    assert_eq!(
+        recorded_answer("create", current),
+        Some(Written::Person(ada.clone()))
+    );
+    assert_eq!(
+        recorded_answer("delete", r#"{"id": 7}"#),
+        Some(Written::Deleted(7))
+    );
+    // The form records had before they shared the event's encoding.
+    let earlier = serde_json::to_string(&Written::Person(ada.clone())).unwrap();
+    assert_eq!(
+        recorded_answer("update", &earlier),
+        Some(Written::Person(ada))
+    );
+    assert_eq!(
+        recorded_answer("delete", r#"{"Deleted": 7}"#),
+        Some(Written::Deleted(7))
+    );
+    assert_eq!(recorded_answer("create", "null"), None);
+    assert_eq!(recorded_answer("delete", r#"{"Person": 1}"#), None);
+}
+
+#[test]
+fn context_columns_are_the_json_encoding() {
+    let stacks: [&[&str]; 4] = [
+        &["standalone_rpc_proxy.call.5d4a", "person.create.1f0e-2b"],
+        &["quote\"d"],
+        &["back\\slash", "plain"],
+        &["t\u{e9}l\u{e9}phone", "tab\there"],
+    ];
+    for stack in stacks {
+        let ctx = EventContext {
+            call_id_stack: stack.iter().map(|s| s.to_string()).collect(),
+            data: BTreeMap::new(),
+        };
+        let (text, data) = context_columns(&ctx);
+        assert_eq!(text, serde_json::to_string(&ctx.call_id_stack).unwrap());
+        assert_eq!(
+            serde_json::from_str::<Vec<String>>(&text).unwrap(),
+            ctx.call_id_stack
+        );
+        assert_eq!(data, "{}");
+    }
+}

@@ -5,7 +5,7 @@
 //! write records its correlation id so a redelivery is not applied twice.
 
 use crate::domain::{DomainError, NewPerson, Page, Person, PersonChanges};
-use crate::store::{EventContext, Store, WriteMeta};
+use crate::store::{Store, WriteMeta};
 use rpc_core::Context;
 use std::sync::Arc;
 
@@ -59,14 +59,11 @@ impl People {
         match origin {
             Origin::Rpc(ctx) => WriteMeta {
                 request_id: ctx.correlation_id().map(str::to_owned),
-                event: Some(Arc::new(EventContext {
-                    call_id_stack: ctx.call_id_stack().to_vec(),
-                    data: ctx.data().clone(),
-                })),
+                event: Some(Arc::clone(ctx.propagated())),
             },
             Origin::Http => WriteMeta {
                 request_id: None,
-                event: Some(Arc::new(EventContext {
+                event: Some(Arc::new(rpc_core::Propagated {
                     call_id_stack: vec![rpc_core::wire::new_call_id(&self.service, "http")],
                     data: Default::default(),
                 })),

@@ -28,11 +28,24 @@ struct Inner {
     runtime: Arc<ServiceRuntime>,
     entrypoint: String,
     call_id: String,
-    call_id_stack: Vec<String>,
-    data: BTreeMap<String, Value>,
+    propagated: Arc<Propagated>,
     correlation_id: Option<String>,
     redelivered: bool,
     worker: Option<Arc<WorkerSlot>>,
+}
+
+/// What a call passes on to the calls and events it makes: its call-id
+/// stack and its context data.
+///
+/// Shared rather than copied ([`Context::propagated`]): a service that
+/// keeps it past the call, as an outbox keeps an event's context until the
+/// event is published, clones an `Arc`, not the stack and the data.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Propagated {
+    /// The callers' ids, oldest first, ending with the call's own id.
+    pub call_id_stack: Vec<String>,
+    /// Context data (see [`Context::data`]).
+    pub data: BTreeMap<String, Value>,
 }
 
 /// Facts about the message that started a call, beyond its context.
@@ -63,8 +76,10 @@ impl Context {
                 runtime,
                 entrypoint: entrypoint.to_owned(),
                 call_id,
-                call_id_stack,
-                data,
+                propagated: Arc::new(Propagated {
+                    call_id_stack,
+                    data,
+                }),
                 correlation_id: facts.correlation_id,
                 redelivered: facts.redelivered,
                 worker: facts.worker,
@@ -90,24 +105,29 @@ impl Context {
     /// The callers' ids, oldest first, ending with this call's own id;
     /// capped at `parent_calls_tracked + 1` entries.
     pub fn call_id_stack(&self) -> &[String] {
-        &self.inner.call_id_stack
+        &self.inner.propagated.call_id_stack
     }
 
     /// The id of the call that made this one, if any.
     pub fn parent_call_id(&self) -> Option<&str> {
-        let stack = &self.inner.call_id_stack;
+        let stack = &self.inner.propagated.call_id_stack;
         stack.len().checked_sub(2).map(|i| stack[i].as_str())
     }
 
     /// Context data from the caller's headers (`nameko.` prefix removed;
     /// other headers under their full name).
     pub fn data(&self) -> &BTreeMap<String, Value> {
-        &self.inner.data
+        &self.inner.propagated.data
+    }
+
+    /// The call-id stack and the data together, shared.
+    pub fn propagated(&self) -> &Arc<Propagated> {
+        &self.inner.propagated
     }
 
     /// One context entry, e.g. `user_id`, `auth_token`, `language`.
     pub fn get(&self, key: &str) -> Option<&Value> {
-        self.inner.data.get(key)
+        self.inner.propagated.data.get(key)
     }
 
     /// The request's correlation id: unique per call from nameko clients and
@@ -191,7 +211,7 @@ impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Context")
             .field("call_id", &self.inner.call_id)
-            .field("call_id_stack", &self.inner.call_id_stack)
+            .field("call_id_stack", &self.inner.propagated.call_id_stack)
             .finish_non_exhaustive()
     }
 }

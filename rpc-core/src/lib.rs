@@ -94,7 +94,7 @@ mod worker;
 pub use caller::{CallArgs, Caller};
 pub use config::{Config, QueueType, RetryPolicy};
 pub use connection::{AmqpUri, BrokerList};
-pub use context::{Context, ContextProxy};
+pub use context::{Context, ContextProxy, Propagated};
 pub use error::{CallError, ConnectError, RemoteError, RpcError};
 pub use events::{
     DispatchError, EncodedEvent, EventDispatcher, EventHandlerOptions, OutgoingEvent,

@@ -26,10 +26,10 @@ pub mod sqlite;
 pub use location::{Database, PostgresUrl};
 
 use crate::domain::{DomainError, NewPerson, Page, Person, PersonChanges};
+use rpc_core::Propagated;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -110,18 +110,10 @@ pub struct WriteMeta {
     /// The request's correlation id, when it came over RPC: a redelivered
     /// request with the same id gets the first answer back.
     pub request_id: Option<String>,
-    /// The context the change's event carries; `None` emits no event.
-    /// Shared with the event the writer hands to the relay, not copied.
-    pub event: Option<Arc<EventContext>>,
-}
-
-/// The call context an event is sent with.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct EventContext {
-    /// Call-id stack of the call that made the change.
-    pub call_id_stack: Vec<String>,
-    /// Its context data.
-    pub data: BTreeMap<String, Value>,
+    /// The context the change's event carries (the call's call-id stack
+    /// and data); `None` emits no event. Shared with the call and with the
+    /// event the writer hands to the relay, not copied.
+    pub event: Option<Arc<Propagated>>,
 }
 
 /// An event waiting in the outbox.
@@ -138,7 +130,7 @@ pub struct OutboxEvent {
     /// they are, the table keeps them as text.
     pub body: Vec<u8>,
     /// The context it is sent with.
-    pub context: Arc<EventContext>,
+    pub context: Arc<Propagated>,
 }
 
 #[cfg(test)]
@@ -229,7 +221,7 @@ pub(crate) fn body_text(body: &[u8]) -> &str {
 
 /// Encodes an event's context for its outbox row. Context data is
 /// usually empty, and a call-id stack sometimes: spelled out, not encoded.
-pub(crate) fn context_columns(ctx: &EventContext) -> (Cow<'static, str>, Cow<'static, str>) {
+pub(crate) fn context_columns(ctx: &Propagated) -> (Cow<'static, str>, Cow<'static, str>) {
     let stack = if ctx.call_id_stack.is_empty() {
         Cow::Borrowed("[]")
     } else if let Some(plain) = plain_string_array(&ctx.call_id_stack) {
@@ -250,7 +242,10 @@ pub(crate) fn context_columns(ctx: &EventContext) -> (Cow<'static, str>, Cow<'st
 /// character-by-character escaping was a sixtieth of a create's
 /// instructions. `None` when some string needs escaping.
 fn plain_string_array(items: &[String]) -> Option<String> {
-    let plain = |s: &str| s.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\');
+    let plain = |s: &str| {
+        s.bytes()
+            .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    };
     if !items.iter().all(|s| plain(s)) {
         return None;
     }
@@ -283,7 +278,7 @@ pub(crate) fn outbox_event(
         id,
         event_type: Cow::Owned(event_type),
         body: rpc_core::wire::json::to_vec(&serde_json::from_str::<Value>(payload)?)?,
-        context: Arc::new(EventContext {
+        context: Arc::new(Propagated {
             call_id_stack: serde_json::from_str(call_id_stack).unwrap_or_default(),
             data: serde_json::from_str(context).unwrap_or_default(),
         }),

@@ -1304,7 +1304,7 @@ mod tests {
         let store = SqliteStore::open(&dir.path().join("p.db"), StoreOptions::default()).unwrap();
         let meta = || WriteMeta {
             request_id: None,
-            event: Some(Arc::new(super::super::EventContext {
+            event: Some(Arc::new(rpc_core::Propagated {
                 call_id_stack: vec!["caller.call-1".into()],
                 data: Default::default(),
             })),

@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::domain::{NewPerson, Page, PersonChanges};
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use test_support::postgres::TestDb;
 use test_support::WithinExt;
 
@@ -280,7 +280,7 @@ async fn a_request_replayed_to_another_instance_writes_nothing(fresh: Fresh) {
 
 async fn outbox_keeps_order_and_context_until_published(fresh: Fresh) {
     let store = fresh.open().await;
-    let ctx = EventContext {
+    let ctx = rpc_core::Propagated {
         call_id_stack: vec!["a.b.1".into()],
         data: [("user_id".to_owned(), serde_json::json!("u1"))]
             .into_iter()
@@ -536,7 +536,7 @@ fn context_columns_are_the_json_encoding() {
         &["t\u{e9}l\u{e9}phone", "tab\there"],
     ];
     for stack in stacks {
-        let ctx = EventContext {
+        let ctx = rpc_core::Propagated {
             call_id_stack: stack.iter().map(|s| s.to_string()).collect(),
             data: BTreeMap::new(),
         };

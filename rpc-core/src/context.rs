@@ -27,7 +27,6 @@ pub struct Context {
 struct Inner {
     runtime: Arc<ServiceRuntime>,
     entrypoint: String,
-    call_id: String,
     propagated: Arc<Propagated>,
     correlation_id: Option<String>,
     redelivered: bool,
@@ -66,16 +65,12 @@ impl Context {
         facts: MessageFacts,
     ) -> Self {
         let call_id = crate::wire::new_call_id(&runtime.name, entrypoint);
-        let call_id_stack = extend_stack(
-            parent_stack,
-            call_id.clone(),
-            runtime.config.parent_calls_tracked,
-        );
+        let call_id_stack =
+            extend_stack(parent_stack, call_id, runtime.config.parent_calls_tracked);
         Context {
             inner: Arc::new(Inner {
                 runtime,
                 entrypoint: entrypoint.to_owned(),
-                call_id,
                 propagated: Arc::new(Propagated {
                     call_id_stack,
                     data,
@@ -99,7 +94,12 @@ impl Context {
 
     /// This call's id: `{service}.{entrypoint}.{uuid4}`.
     pub fn call_id(&self) -> &str {
-        &self.inner.call_id
+        // The stack always ends with it (`extend_stack`): kept once.
+        self.inner
+            .propagated
+            .call_id_stack
+            .last()
+            .map_or("", String::as_str)
     }
 
     /// The callers' ids, oldest first, ending with this call's own id;
@@ -210,7 +210,7 @@ impl Context {
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Context")
-            .field("call_id", &self.inner.call_id)
+            .field("call_id", &self.call_id())
             .field("call_id_stack", &self.inner.propagated.call_id_stack)
             .finish_non_exhaustive()
     }

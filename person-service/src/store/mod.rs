@@ -220,7 +220,8 @@ pub(crate) fn body_text(body: &[u8]) -> &str {
 }
 
 /// Encodes an event's context for its outbox row. Context data is
-/// usually empty, and a call-id stack sometimes: spelled out, not encoded.
+/// usually empty, and a call-id stack sometimes: then spelled out; a stack
+/// of plain call ids is written directly (`plain_string_array`).
 pub(crate) fn context_columns(ctx: &Propagated) -> (Cow<'static, str>, Cow<'static, str>) {
     let stack = if ctx.call_id_stack.is_empty() {
         Cow::Borrowed("[]")

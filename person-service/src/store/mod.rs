@@ -26,6 +26,7 @@ pub mod sqlite;
 pub use location::{Database, PostgresUrl};
 
 use crate::domain::{DomainError, NewPerson, Page, Person, PersonChanges};
+use person_api::PersonDeleted;
 use rpc_core::Propagated;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -176,10 +177,9 @@ impl WriteOp {
         let (event_type, body) = match (self, written) {
             (WriteOp::Create(_), Written::Person(p)) => ("person_created", encode_event(p)),
             (WriteOp::Update(..), Written::Person(p)) => ("person_updated", encode_event(p)),
-            (WriteOp::Delete(_), Written::Deleted(id)) => (
-                "person_deleted",
-                encode_event(&serde_json::json!({ "id": id })),
-            ),
+            (WriteOp::Delete(_), Written::Deleted(id)) => {
+                ("person_deleted", encode_event(&PersonDeleted { id: *id }))
+            }
             _ => return None,
         };
         Some((event_type, body))
@@ -198,19 +198,21 @@ fn encode_event<T: Serialize>(data: &T) -> Vec<u8> {
 /// delete), so a create encodes its person once for both; records written
 /// before that kept [`Written`]'s own form, which is read as well.
 pub(crate) fn recorded_answer(method: &str, response: &str) -> Option<Written> {
-    #[derive(Deserialize)]
-    struct Removed {
-        id: i64,
-    }
     let answer = match method {
-        "delete" => serde_json::from_str::<Removed>(response)
+        "delete" => serde_json::from_str::<PersonDeleted>(response)
             .ok()
-            .map(|r| Written::Deleted(r.id)),
+            .map(|d| Written::Deleted(d.id)),
         _ => serde_json::from_str::<Person>(response)
             .ok()
             .map(Written::Person),
     };
     answer.or_else(|| serde_json::from_str::<Written>(response).ok())
+}
+
+/// A request record's answer column, from the write's event
+/// ([`WriteOp::event`]); see [`recorded_answer`] for reading it back.
+pub(crate) fn answer_text<'a>(event: Option<&'a (&'static str, Vec<u8>)>) -> &'a str {
+    event.map_or("null", |(_, body)| body_text(body))
 }
 
 /// An outbox row's payload column: the encoded body as text (the encoder

@@ -25,9 +25,9 @@
 //! when it is back.
 
 use super::{
-    body_text, context_columns, expiry_cutoff, outbox_event, recorded_answer, unix_now, ClaimInner,
-    OutboxClaim, OutboxEvent, PostgresUrl, StoreError, StoreOptions, Unhealthy, WriteMeta, WriteOp,
-    Written,
+    answer_text, body_text, context_columns, expiry_cutoff, outbox_event, recorded_answer,
+    unix_now, ClaimInner, OutboxClaim, OutboxEvent, PostgresUrl, StoreError, StoreOptions,
+    Unhealthy, WriteMeta, WriteOp, Written,
 };
 use crate::domain::{DomainError, Page, Person};
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
@@ -492,8 +492,7 @@ async fn write_on(
         emitted = true;
     }
     if let Some(request_id) = &meta.request_id {
-        // The answer in the form `recorded_answer` reads: the event's data.
-        let response = event.as_ref().map_or("null", |(_, body)| body_text(body));
+        let response = answer_text(event.as_ref());
         let record = tx
             .prepare_cached(
                 "INSERT INTO processed_request (request_id, method, response, created_at)

@@ -24,8 +24,9 @@
 
 use super::read_pool::ReadPool;
 use super::{
-    body_text, context_columns, expiry_cutoff, outbox_event, recorded_answer, unix_now, ClaimInner,
-    OutboxClaim, OutboxEvent, StoreError, StoreOptions, Unhealthy, WriteMeta, WriteOp, Written,
+    answer_text, body_text, context_columns, expiry_cutoff, outbox_event, recorded_answer,
+    unix_now, ClaimInner, OutboxClaim, OutboxEvent, StoreError, StoreOptions, Unhealthy, WriteMeta,
+    WriteOp, Written,
 };
 use crate::domain::{DomainError, Page, Person};
 use rusqlite::{
@@ -1015,7 +1016,7 @@ fn apply_job(
     let written = apply(statements, op)?;
     let event = op.event(&written);
     if let Some(request_id) = &meta.request_id {
-        let response = event.as_ref().map_or("null", |(_, body)| body_text(body));
+        let response = answer_text(event.as_ref());
         let record = match replays {
             Replays::LookedUp => Sql::ReplaceRequest,
             Replays::OnConflict => Sql::InsertRequest,

@@ -8,13 +8,15 @@
 //! Both keep the same promises, which is why callers never see which one
 //! they have:
 //! * a write is committed durably before it is answered;
-//! * with each change, its event goes into `event_outbox` in the same
+//! * with each change, its event goes into the outbox in the same
 //!   transaction, so an event is never lost between the commit and the
 //!   publish ([`crate::outbox`] relays it);
-//! * with each RPC write, its correlation id and answer go into
-//!   `processed_request`: a redelivered request, to this instance or to
-//!   another one on the same database, gets the first answer back and writes
-//!   nothing. The records expire after [`StoreOptions::request_ttl`];
+//! * with each RPC write, its correlation id and answer are recorded: a
+//!   redelivered request, to this instance or to another one on the same
+//!   database, gets the first answer back and writes nothing. The records
+//!   expire after [`StoreOptions::request_ttl`];
+//! * PostgreSQL keeps the two in `event_outbox` and `processed_request`;
+//!   SQLite in one row of `write_log` (its migration 6 says why);
 //! * several instances may start at once on a fresh database: migrations
 //!   are serialised (SQLite `BEGIN IMMEDIATE`, PostgreSQL an advisory lock).
 

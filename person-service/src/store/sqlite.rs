@@ -9,14 +9,15 @@
 //! small pool of other connections; WAL mode lets them run beside the
 //! writer.
 //!
-//! Two records are kept in the same transaction as each change:
-//! * its event, in `event_outbox`, which [`crate::outbox`] publishes and
-//!   then deletes: an event is never lost between the commit and the
-//!   publish, even if the process dies there;
-//! * for an RPC request, its correlation id and answer, in
-//!   `processed_request`: a request redelivered after a crash (committed but
-//!   not acked) gets the first answer back instead of writing again. These
-//!   records expire after a bounded time (24 h by default).
+//! One row of `write_log` is kept in the same transaction as each change,
+//! holding two records (the answer is the event's data, stored once):
+//! * its event, which [`crate::outbox`] publishes and then marks done: an
+//!   event is never lost between the commit and the publish, even if the
+//!   process dies there;
+//! * for an RPC request, its correlation id and answer: a request
+//!   redelivered after a crash (committed but not acked) gets the first
+//!   answer back instead of writing again. These records expire after a
+//!   bounded time (24 h by default).
 //!
 //! Durability: `journal_mode=WAL` with `synchronous=FULL` syncs the WAL on
 //! every commit, so a write that has been answered survives a crash of the
@@ -24,9 +25,9 @@
 
 use super::read_pool::ReadPool;
 use super::{
-    answer_text, body_text, context_columns, expiry_cutoff, outbox_event, recorded_answer,
-    unix_now, ClaimInner, OutboxClaim, OutboxEvent, StoreError, StoreOptions, Unhealthy, WriteMeta,
-    WriteOp, Written,
+    answer_text, context_columns, expiry_cutoff, outbox_event, recorded_answer, unix_now,
+    ClaimInner, OutboxClaim, OutboxEvent, StoreError, StoreOptions, Unhealthy, WriteMeta, WriteOp,
+    Written,
 };
 use crate::domain::{DomainError, Page, Person};
 use rusqlite::{
@@ -147,6 +148,32 @@ const MIGRATIONS: &[&str] = &[
         SELECT id, event_type, payload, call_id_stack, context, created_at FROM event_outbox;
     DROP TABLE event_outbox;
     ALTER TABLE event_outbox_v5 RENAME TO event_outbox;",
+    // 6: request records and outbox events in one table. A create wrote a
+    // request record and an outbox event with the same bytes (the answer
+    // is the event's data) into two B-trees: 12.6 k instructions of a
+    // 121 k create went to the outbox row (BENCHMARKS.md, issue 12). A row
+    // is a request record when `request_id` is set and holds a pending
+    // event while `event_type` is set; publishing clears the event's
+    // columns, or removes the row when no request record is kept in it.
+    // `seq` is the event's id and commit order; the writer never lets it
+    // go down (the newest row is never removed), so every relay that
+    // reads after a position it saw misses nothing.
+    "CREATE TABLE write_log (
+        seq           INTEGER PRIMARY KEY,
+        request_id    TEXT    UNIQUE,
+        method        TEXT,
+        answer        TEXT    NOT NULL,
+        event_type    TEXT,
+        call_id_stack TEXT,
+        context       TEXT,
+        created_at    INTEGER NOT NULL
+    );
+    INSERT INTO write_log (request_id, method, answer, created_at)
+        SELECT request_id, method, response, created_at FROM processed_request ORDER BY seq;
+    INSERT INTO write_log (answer, event_type, call_id_stack, context, created_at)
+        SELECT payload, event_type, call_id_stack, context, created_at FROM event_outbox ORDER BY id;
+    DROP TABLE processed_request;
+    DROP TABLE event_outbox;",
 ];
 
 /// A job for the writer thread, with the channel its outcome goes back on.
@@ -366,24 +393,26 @@ impl SqliteStore {
         limit: usize,
     ) -> Result<Vec<OutboxEvent>, DomainError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |conn| read_pending(conn, after_id, limit))
+            .await
+    }
+
+    /// The oldest events after `after` that wait to be published, and the
+    /// log's newest position before the read: when none waits, none does
+    /// up to that position either (positions only rise, see migration 6).
+    async fn pending_after(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> Result<(Vec<OutboxEvent>, i64), DomainError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT id, event_type, payload, call_id_stack, context FROM event_outbox
-                 WHERE id > ?1 ORDER BY id LIMIT ?2",
-            )?;
-            let rows = stmt.query_map(params![after_id, limit], |r| {
-                let payload: String = r.get(2)?;
-                let stack: String = r.get(3)?;
-                let context: String = r.get(4)?;
-                outbox_event(r.get(0)?, r.get(1)?, &payload, &stack, &context).map_err(|e| {
-                    rusqlite::Error::FromSqlConversionFailure(
-                        2,
-                        rusqlite::types::Type::Text,
-                        Box::new(e),
-                    )
-                })
-            })?;
-            rows.collect()
+            // First: an event committed after this has a higher position
+            // and is in the read below or in the writer's memory.
+            let newest: i64 = conn
+                .prepare_cached("SELECT ifnull(max(seq), 0) FROM write_log")?
+                .query_row([], |r| r.get(0))?;
+            read_pending(conn, after, limit).map(|events| (events, newest))
         })
         .await
     }
@@ -408,14 +437,19 @@ impl SqliteStore {
             }
             recent.epoch
         };
-        let events = self.outbox_after(after, limit).await?;
+        let (events, newest) = self.pending_after(after, limit).await?;
+        if events.is_empty() && newest > after {
+            // Nothing waits up to the newest row: later reads start there,
+            // not at the front of a log that keeps a day of request records.
+            self.inner.relayed.fetch_max(newest, Ordering::AcqRel);
+        }
         if events.len() < limit {
             // The read saw every event committed before it; the writer puts
             // each one committed after it in memory, unless it dropped some
             // meanwhile.
             let mut recent = self.recent();
             if recent.epoch == epoch {
-                let last = events.last().map_or(after, |e| e.id);
+                let last = events.last().map_or(after.max(newest), |e| e.id);
                 recent.forget_through(last);
                 recent.complete_after = Some(last);
             }
@@ -529,6 +563,30 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)
         .map_err(open_err)?;
     tx.commit().map_err(open_err)
+}
+
+/// The oldest events after position `after` that wait to be published.
+fn read_pending(conn: &Connection, after: i64, limit: i64) -> rusqlite::Result<Vec<OutboxEvent>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, event_type, answer, call_id_stack, context FROM write_log
+         WHERE seq > ?1 AND event_type IS NOT NULL ORDER BY seq LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![after, limit], |r| {
+        let payload: String = r.get(2)?;
+        let stack: Option<String> = r.get(3)?;
+        let context: Option<String> = r.get(4)?;
+        outbox_event(
+            r.get(0)?,
+            r.get(1)?,
+            &payload,
+            stack.as_deref().unwrap_or("[]"),
+            context.as_deref().unwrap_or("{}"),
+        )
+        .map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, Box::new(e))
+        })
+    })?;
+    rows.collect()
 }
 
 fn person_from_row(row: &Row<'_>) -> rusqlite::Result<Person> {
@@ -668,7 +726,7 @@ impl Writer {
             return;
         }
         let result = run(&self.conn, "BEGIN IMMEDIATE")
-            .and_then(|()| delete_outbox(&self.conn, pending))
+            .and_then(|()| clear_published(&self.conn, pending))
             .and_then(|()| run(&self.conn, "COMMIT"));
         match result {
             Ok(()) => pending.clear(),
@@ -771,12 +829,12 @@ impl Writer {
         } else {
             match isolation {
                 Isolation::Shared => {
-                    delete_outbox(conn, clears)?;
+                    clear_published(conn, clears)?;
                     true
                 }
                 Isolation::Savepoints => {
                     run(conn, "SAVEPOINT clear")?;
-                    let deleted = delete_outbox(conn, clears).is_ok();
+                    let deleted = clear_published(conn, clears).is_ok();
                     if !deleted {
                         run(conn, "ROLLBACK TO clear")?;
                     }
@@ -805,20 +863,38 @@ impl Writer {
         }
         self.last_prune = Some(Instant::now());
         let cutoff = expiry_cutoff(self.request_ttl);
-        match self.conn.execute(
-            // Records are in time order: the expired ones are the rows
-            // before the first one that is not (a clock that stepped back
-            // keeps a few a little longer), found by walking from the front.
-            "DELETE FROM processed_request WHERE seq < coalesce(
-                (SELECT seq FROM processed_request WHERE created_at > ?1 ORDER BY seq LIMIT 1),
-                (SELECT max(seq) FROM processed_request) + 1)",
-            params![cutoff],
-        ) {
+        match prune(&mut self.conn, cutoff) {
             Ok(0) => {}
             Ok(n) => tracing::debug!(removed = n, "expired request records removed"),
             Err(e) => tracing::warn!(error = %e, "removing expired request records failed"),
         }
     }
+}
+
+/// Removes the request records created at or before `cutoff`, in one
+/// transaction; returns how many rows went.
+fn prune(conn: &mut Connection, cutoff: i64) -> rusqlite::Result<usize> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let removed = tx.execute(
+        // Records are in time order: the expired ones are the rows before
+        // the first one that is not (a clock that stepped back keeps a few
+        // a little longer), found by walking from the front. Not a row
+        // whose event waits to be published, nor the newest row (see
+        // migration 6): those stay, and stop answering for their requests.
+        "DELETE FROM write_log WHERE event_type IS NULL AND seq < coalesce(
+            (SELECT seq FROM write_log WHERE created_at > ?1 ORDER BY seq LIMIT 1),
+            (SELECT max(seq) FROM write_log))",
+        params![cutoff],
+    )?;
+    tx.execute(
+        "UPDATE write_log SET request_id = NULL, method = NULL
+         WHERE request_id IS NOT NULL AND seq < coalesce(
+            (SELECT seq FROM write_log WHERE created_at > ?1 ORDER BY seq LIMIT 1),
+            (SELECT max(seq) FROM write_log) + 1)",
+        params![cutoff],
+    )?;
+    tx.commit()?;
+    Ok(removed)
 }
 
 /// The writer's statements.
@@ -827,17 +903,16 @@ enum Sql {
     InsertPerson,
     UpdatePerson,
     DeletePerson,
-    InsertEvent,
     LookUpRequest,
-    InsertRequest,
-    ReplaceRequest,
+    InsertLog,
+    DetachRequest,
     NextIds,
     RaisePersonHighWater,
 }
 
 impl Sql {
     /// One more than the last variant's index, checked below.
-    const COUNT: usize = 9;
+    const COUNT: usize = 8;
 
     fn text(self) -> &'static str {
         match self {
@@ -856,24 +931,26 @@ impl Sql {
                  RETURNING id, first_name, last_name, age, member"
             }
             Sql::DeletePerson => "DELETE FROM person WHERE id = ?1",
-            Sql::InsertEvent => {
-                "INSERT INTO event_outbox (id, event_type, payload, call_id_stack, context, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
-            }
             Sql::LookUpRequest => {
-                "SELECT method, response FROM processed_request WHERE request_id = ?1"
+                "SELECT method, answer FROM write_log WHERE request_id = ?1"
             }
-            Sql::InsertRequest => {
-                "INSERT INTO processed_request (request_id, method, response, created_at) VALUES (?1, ?2, ?3, ?4)"
+            // A request id already recorded fails this insert (UNIQUE):
+            // see `Replays`.
+            Sql::InsertLog => {
+                "INSERT INTO write_log (seq, request_id, method, answer, event_type, call_id_stack, context, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
             }
-            Sql::ReplaceRequest => {
-                "INSERT OR REPLACE INTO processed_request (request_id, method, response, created_at) VALUES (?1, ?2, ?3, ?4)"
+            // A correlation id reused by another request: the earlier
+            // row stays (its event may not be published yet) without
+            // answering for the id any more.
+            Sql::DetachRequest => {
+                "UPDATE write_log SET request_id = NULL, method = NULL WHERE request_id = ?1"
             }
             // `max(id)` of a rowid table is one step to its last row.
             Sql::NextIds => {
                 "SELECT 1 + max(ifnull((SELECT max(id) FROM person), 0),
                                 ifnull((SELECT last_id FROM high_water WHERE name = 'person'), 0)),
-                        1 + ifnull((SELECT max(id) FROM event_outbox), 0)"
+                        1 + ifnull((SELECT max(seq) FROM write_log), 0)"
             }
             Sql::RaisePersonHighWater => {
                 "INSERT INTO high_water (name, last_id) VALUES ('person', ?1)
@@ -898,9 +975,10 @@ struct Statements<'c> {
     conn: &'c Connection,
     held: [Option<CachedStatement<'c>>; Sql::COUNT],
     next_ids: Option<NextIds>,
-    /// The last event this process's relay published: removing published
-    /// events may empty the outbox, and the next event must still come
-    /// after it (the relay reads past it).
+    /// The last event this process's relay published: the next event
+    /// must come after it (the relay reads past it). The log's newest row
+    /// is never removed, so its `max(seq)` is past it already; this is the
+    /// second guard.
     relayed: i64,
 }
 
@@ -908,14 +986,15 @@ struct Statements<'c> {
 #[derive(Clone, Copy, Debug)]
 struct NextIds {
     person: i64,
-    event: i64,
+    log: i64,
 }
 
 /// A table whose ids the writer hands out.
 #[derive(Clone, Copy, Debug)]
 enum IdTable {
     Person,
-    Event,
+    /// `write_log`: request records and events.
+    Log,
 }
 
 impl<'c> Statements<'c> {
@@ -937,14 +1016,14 @@ impl<'c> Statements<'c> {
                 self.get(Sql::NextIds)?.query_row([], |r| {
                     Ok(NextIds {
                         person: r.get(0)?,
-                        event: r.get::<_, i64>(1)?.max(relayed + 1),
+                        log: r.get::<_, i64>(1)?.max(relayed + 1),
                     })
                 })?
             }
         };
         let next = match table {
             IdTable::Person => &mut ids.person,
-            IdTable::Event => &mut ids.event,
+            IdTable::Log => &mut ids.log,
         };
         let id = *next;
         *next += 1;
@@ -989,6 +1068,7 @@ fn apply_job(
         WriteOp::Create(_) => replays,
         WriteOp::Update(..) | WriteOp::Delete(_) => Replays::LookedUp,
     };
+    let mut detach = false;
     if let (Some(request_id), Replays::LookedUp) = (&meta.request_id, replays) {
         let recorded: Option<(String, String)> = statements
             .get(Sql::LookUpRequest)?
@@ -1011,49 +1091,71 @@ fn apply_job(
                 recorded_method,
                 "correlation id reused by a different request; applying it"
             );
+            detach = true;
         }
     }
     let written = apply(statements, op)?;
+    // The event's data is also the answer the request record keeps: one
+    // row holds both.
     let event = op.event(&written);
-    if let Some(request_id) = &meta.request_id {
-        let response = answer_text(event.as_ref());
-        let record = match replays {
-            Replays::LookedUp => Sql::ReplaceRequest,
-            Replays::OnConflict => Sql::InsertRequest,
-        };
-        statements
-            .get(record)?
-            .execute(params![request_id, method, response, now])?;
+    let pending = meta.event.as_ref().filter(|_| event.is_some());
+    if meta.request_id.is_none() && pending.is_none() {
+        return Ok((written, None));
     }
-    let mut emitted = None;
-    if let (Some(ctx), Some((event_type, body))) = (&meta.event, event) {
-        let (stack, data) = context_columns(ctx);
-        let id = statements.next_id(IdTable::Event)?;
-        statements.get(Sql::InsertEvent)?.execute(params![
-            id,
-            event_type,
-            body_text(&body),
-            stack,
-            data,
-            now
-        ])?;
-        emitted = Some(OutboxEvent {
-            id,
+    if detach {
+        statements
+            .get(Sql::DetachRequest)?
+            .execute(params![meta.request_id])?;
+    }
+    let seq = statements.next_id(IdTable::Log)?;
+    let (stack, data) = match pending {
+        Some(ctx) => {
+            let (stack, data) = context_columns(ctx);
+            (Some(stack), Some(data))
+        }
+        None => (None, None),
+    };
+    statements.get(Sql::InsertLog)?.execute(params![
+        seq,
+        meta.request_id,
+        meta.request_id.as_ref().map(|_| method),
+        answer_text(event.as_ref()),
+        pending
+            .and(event.as_ref())
+            .map(|(event_type, _)| *event_type),
+        stack,
+        data,
+        now
+    ])?;
+    let emitted = match (pending, event) {
+        (Some(ctx), Some((event_type, body))) => Some(OutboxEvent {
+            id: seq,
             event_type: Cow::Borrowed(event_type),
             body,
             context: Arc::clone(ctx),
-        });
-    }
+        }),
+        _ => None,
+    };
     Ok((written, emitted))
 }
 
-/// Removes published events: one range delete per run of consecutive ids
-/// (on SQLite the relay publishes in id order, so usually one in all).
-fn delete_outbox(conn: &Connection, ids: &[i64]) -> rusqlite::Result<()> {
+/// Marks published events done: one range per run of consecutive ids (on
+/// SQLite the relay publishes in id order, so usually one in all). A row
+/// that is also a request record keeps its answer and loses the event's
+/// columns; one that is not goes, unless it is the newest row, which keeps
+/// `max(seq)` from going down (see migration 6).
+fn clear_published(conn: &Connection, ids: &[i64]) -> rusqlite::Result<()> {
     let mut sorted = ids.to_vec();
     sorted.sort_unstable();
     sorted.dedup();
-    let mut stmt = conn.prepare_cached("DELETE FROM event_outbox WHERE id BETWEEN ?1 AND ?2")?;
+    let mut remove = conn.prepare_cached(
+        "DELETE FROM write_log WHERE seq BETWEEN ?1 AND ?2 AND request_id IS NULL
+            AND seq < (SELECT max(seq) FROM write_log)",
+    )?;
+    let mut clear = conn.prepare_cached(
+        "UPDATE write_log SET event_type = NULL, call_id_stack = NULL, context = NULL
+         WHERE seq BETWEEN ?1 AND ?2 AND event_type IS NOT NULL",
+    )?;
     let mut rest = sorted.as_slice();
     while let Some(&first) = rest.first() {
         let run_len = rest
@@ -1061,7 +1163,9 @@ fn delete_outbox(conn: &Connection, ids: &[i64]) -> rusqlite::Result<()> {
             .zip(first..)
             .take_while(|(id, expected)| **id == *expected)
             .count();
-        stmt.execute(params![first, rest[run_len - 1]])?;
+        let last = rest[run_len - 1];
+        remove.execute(params![first, last])?;
+        clear.execute(params![first, last])?;
         rest = &rest[run_len..];
     }
     Ok(())
@@ -1217,7 +1321,7 @@ mod tests {
         let conn = Connection::open(&path).unwrap();
         let ids: Vec<String> = column(
             &conn,
-            "SELECT request_id FROM processed_request ORDER BY seq",
+            "SELECT request_id FROM write_log WHERE request_id IS NOT NULL ORDER BY seq",
         );
         assert_eq!(ids, vec!["kept".to_owned()]);
     }
@@ -1287,12 +1391,15 @@ mod tests {
         );
         let count = |sql: &str| -> i64 { writer.conn.query_row(sql, [], |r| r.get(0)).unwrap() };
         assert_eq!(count("SELECT count(*) FROM person"), 2);
-        assert_eq!(count("SELECT count(*) FROM event_outbox"), 2);
         assert_eq!(
-            count("SELECT count(*) FROM processed_request WHERE request_id IN ('request-1', 'request-3')"),
+            count("SELECT count(*) FROM write_log WHERE event_type IS NOT NULL"),
             2
         );
-        assert_eq!(count("SELECT count(*) FROM processed_request"), 2);
+        assert_eq!(
+            count("SELECT count(*) FROM write_log WHERE request_id IN ('request-1', 'request-3')"),
+            2
+        );
+        assert_eq!(count("SELECT count(*) FROM write_log"), 2);
         assert!(writer.conn.is_autocommit(), "no transaction left open");
     }
 
@@ -1390,13 +1497,28 @@ mod tests {
         published.finish(2).await.unwrap();
         store.flush().await.unwrap();
         let conn = Connection::open(&path).unwrap();
-        assert!(column::<i64>(&conn, "SELECT id FROM event_outbox").is_empty());
+        assert!(column::<i64>(
+            &conn,
+            "SELECT seq FROM write_log WHERE event_type IS NOT NULL"
+        )
+        .is_empty());
+        // Without request records the rows go, all but the newest.
+        assert_eq!(
+            column::<i64>(&conn, "SELECT seq FROM write_log"),
+            vec![last]
+        );
         create(3).await.unwrap();
         let next = store.claim_outbox(10).await.unwrap();
         let ids: Vec<i64> = next.events().iter().map(|e| e.id).collect();
         assert_eq!(ids.len(), 1, "the new event is claimed: {ids:?}");
         assert!(ids[0] > last, "{} after {last}", ids[0]);
-        assert_eq!(column::<i64>(&conn, "SELECT id FROM event_outbox"), ids);
+        assert_eq!(
+            column::<i64>(
+                &conn,
+                "SELECT seq FROM write_log WHERE event_type IS NOT NULL"
+            ),
+            ids
+        );
     }
 
     /// A database of schema 4 (AUTOINCREMENT) keeps its rows and ids
@@ -1431,7 +1553,13 @@ mod tests {
             column::<String>(&conn, "SELECT first_name FROM person ORDER BY id"),
             vec!["Ada", "Bo"]
         );
-        assert_eq!(column::<i64>(&conn, "SELECT id FROM event_outbox"), vec![1]);
+        assert_eq!(
+            column::<i64>(
+                &conn,
+                "SELECT seq FROM write_log WHERE event_type IS NOT NULL"
+            ),
+            vec![1]
+        );
         let written = store
             .write(
                 WriteOp::Create(NewPerson {
@@ -1498,21 +1626,170 @@ mod tests {
         assert_eq!(recent.events.len(), 1);
     }
 
-    /// Published events go in runs of consecutive ids, one delete each.
+    /// Published events are marked done in runs of consecutive ids. A row
+    /// that is also a request record stays, without its event; the newest
+    /// row stays too, so positions never go down.
     #[test]
-    fn outbox_deletes_take_runs_of_ids() {
+    fn published_events_are_cleared_in_runs_of_ids() {
         let mut conn = Connection::open_in_memory().unwrap();
         migrate(&mut conn, Path::new(":memory:")).unwrap();
-        for _ in 0..10 {
+        for seq in 1..=10 {
+            let request = [3, 7].contains(&seq).then(|| format!("request-{seq}"));
             conn.execute(
-                "INSERT INTO event_outbox (event_type, payload, call_id_stack, context, created_at) VALUES ('e', '{}', '[]', '{}', 0)",
-                [],
+                "INSERT INTO write_log (seq, request_id, method, answer, event_type, call_id_stack, context, created_at)
+                 VALUES (?1, ?2, CASE WHEN ?2 IS NULL THEN NULL ELSE 'create' END, '{}', 'e', '[]', '{}', 0)",
+                params![seq, request],
             )
             .unwrap();
         }
-        delete_outbox(&conn, &[7, 2, 3, 9, 3, 4]).unwrap();
-        let left: Vec<i64> = column(&conn, "SELECT id FROM event_outbox ORDER BY id");
-        assert_eq!(left, vec![1, 5, 6, 8, 10]);
+        clear_published(&conn, &[7, 2, 3, 9, 3, 4, 10]).unwrap();
+        let left: Vec<i64> = column(&conn, "SELECT seq FROM write_log ORDER BY seq");
+        assert_eq!(left, vec![1, 3, 5, 6, 7, 8, 10]);
+        let pending: Vec<i64> = column(
+            &conn,
+            "SELECT seq FROM write_log WHERE event_type IS NOT NULL ORDER BY seq",
+        );
+        assert_eq!(pending, vec![1, 5, 6, 8]);
+        let cleared: Vec<i64> = column(
+            &conn,
+            "SELECT count(*) FROM write_log
+             WHERE seq IN (3, 7, 10) AND call_id_stack IS NULL AND context IS NULL AND answer = '{}'",
+        );
+        assert_eq!(cleared, vec![3], "the records keep their answers");
+    }
+
+    /// A request record whose event is published still answers its
+    /// redelivery. Expired records go, but a row whose event still waits
+    /// (or the newest row) stays, no longer answering for its request.
+    #[tokio::test]
+    async fn a_request_record_outlives_its_event_and_expires_after_it_is_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.db");
+        async fn create(store: &SqliteStore, request: &str, age: i64) -> Written {
+            let person = NewPerson {
+                first_name: format!("P{age}"),
+                last_name: "L".into(),
+                age,
+                member: false,
+            };
+            let meta = WriteMeta {
+                request_id: Some(request.into()),
+                event: Some(Default::default()),
+            };
+            store.write(WriteOp::Create(person), meta).await.unwrap()
+        }
+        let store = SqliteStore::open(&path, StoreOptions::default()).unwrap();
+        for (n, request) in ["a", "b", "c"].iter().enumerate() {
+            create(&store, request, n as i64 + 1).await;
+        }
+        let claim = store.claim_outbox(10).await.unwrap();
+        assert_eq!(claim.events().len(), 3);
+        claim.finish(1).await.unwrap();
+        store.flush().await.unwrap();
+        // "a"'s event is published; its record still answers.
+        match create(&store, "a", 99).await {
+            Written::Person(p) => assert_eq!(p.age, 1, "the first answer"),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(store.count().await.unwrap(), 3, "the replay wrote nothing");
+        drop(store);
+        // Everything is a day old: only the published record may go.
+        let conn = Connection::open(&path).unwrap();
+        conn.execute("UPDATE write_log SET created_at = 0", [])
+            .unwrap();
+        drop(conn);
+        let store = SqliteStore::open(&path, StoreOptions::default()).unwrap();
+        store.flush().await.unwrap();
+        create(&store, "d", 4).await;
+        store.flush().await.unwrap();
+        let conn = Connection::open(&path).unwrap();
+        let left: Vec<(i64, Option<String>)> = conn
+            .prepare("SELECT seq, request_id FROM write_log ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            left,
+            vec![(2, None), (3, None), (4, Some("d".into()))],
+            "all three expired: a went, b and c wait to be published and answer no more"
+        );
+        let pending = store.claim_outbox(10).await.unwrap();
+        let ages: Vec<i64> = pending
+            .events()
+            .iter()
+            .map(|e| e.data()["age"].as_i64().unwrap())
+            .collect();
+        assert_eq!(ages, vec![2, 3, 4]);
+    }
+
+    /// A correlation id reused by a different request is applied; the
+    /// earlier row keeps its event for the relay, and the id answers for
+    /// the later request.
+    #[tokio::test]
+    async fn a_reused_correlation_id_keeps_the_earlier_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("p.db"), StoreOptions::default()).unwrap();
+        let meta = || WriteMeta {
+            request_id: Some("same".into()),
+            event: Some(Default::default()),
+        };
+        let person = NewPerson {
+            first_name: "Ada".into(),
+            last_name: "L".into(),
+            age: 36,
+            member: false,
+        };
+        let Written::Person(created) = store.write(WriteOp::Create(person), meta()).await.unwrap()
+        else {
+            panic!("a create answers with the person")
+        };
+        let deleted = store
+            .write(WriteOp::Delete(created.id), meta())
+            .await
+            .unwrap();
+        assert!(matches!(deleted, Written::Deleted(id) if id == created.id));
+        let again = store
+            .write(WriteOp::Delete(created.id), meta())
+            .await
+            .unwrap();
+        assert!(
+            matches!(again, Written::Deleted(id) if id == created.id),
+            "the delete's redelivery gets its answer: {again:?}"
+        );
+        let claim = store.claim_outbox(10).await.unwrap();
+        let types: Vec<&str> = claim.events().iter().map(|e| &*e.event_type).collect();
+        assert_eq!(types, vec!["person_created", "person_deleted"]);
+    }
+
+    /// The relay's first read finds nothing waiting among a log of request
+    /// records, and later reads start after them.
+    #[tokio::test]
+    async fn a_read_that_finds_nothing_moves_the_relay_past_the_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("p.db"), StoreOptions::default()).unwrap();
+        for n in 0..5 {
+            store
+                .write(
+                    WriteOp::Create(NewPerson {
+                        first_name: format!("P{n}"),
+                        last_name: "L".into(),
+                        age: n,
+                        member: false,
+                    }),
+                    WriteMeta {
+                        request_id: Some(format!("request-{n}")),
+                        event: None,
+                    },
+                )
+                .await
+                .unwrap();
+        }
+        assert_eq!(store.inner.relayed.load(Ordering::Acquire), 0);
+        assert!(store.claim_outbox(10).await.unwrap().is_empty());
+        assert_eq!(store.inner.relayed.load(Ordering::Acquire), 5);
+        assert_eq!(store.recent().complete_after, Some(5));
     }
 
     /// Before migrations ran under `BEGIN IMMEDIATE`, two instances opening
@@ -1543,7 +1820,7 @@ mod tests {
             let tables: i64 = conn
                 .query_row(
                     "SELECT count(*) FROM sqlite_master WHERE type = 'table'
-                     AND name IN ('person', 'event_outbox', 'processed_request')",
+                     AND name IN ('person', 'write_log', 'high_water')",
                     [],
                     |r| r.get(0),
                 )

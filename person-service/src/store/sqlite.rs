@@ -150,8 +150,8 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE event_outbox_v5 RENAME TO event_outbox;",
     // 6: request records and outbox events in one table. A create wrote a
     // request record and an outbox event with the same bytes (the answer
-    // is the event's data) into two B-trees: 12.6 k instructions of a
-    // 121 k create went to the outbox row (BENCHMARKS.md, issue 12). A row
+    // is the event's data) into two B-trees; one row per write is 2.4 k
+    // instructions less per create (BENCHMARKS.md, issue 12). A row
     // is a request record when `request_id` is set and holds a pending
     // event while `event_type` is set; publishing clears the event's
     // columns, or removes the row when no request record is kept in it.

@@ -438,10 +438,15 @@ impl SqliteStore {
             recent.epoch
         };
         let (events, newest) = self.pending_after(after, limit).await?;
-        if events.is_empty() && newest > after {
-            // Nothing waits up to the newest row: later reads start there,
-            // not at the front of a log that keeps a day of request records.
-            self.inner.relayed.fetch_max(newest, Ordering::AcqRel);
+        // Nothing waits before the first event found (or, with none, up to
+        // the newest row): later reads start there, not at the front of a
+        // log that keeps a day of request records, also while a broker
+        // outage makes the relay read again every few seconds.
+        let clear_through = events.first().map_or(newest, |e| e.id - 1);
+        if clear_through > after {
+            self.inner
+                .relayed
+                .fetch_max(clear_through, Ordering::AcqRel);
         }
         if events.len() < limit {
             // The read saw every event committed before it; the writer puts
@@ -1790,6 +1795,47 @@ mod tests {
         assert!(store.claim_outbox(10).await.unwrap().is_empty());
         assert_eq!(store.inner.relayed.load(Ordering::Acquire), 5);
         assert_eq!(store.recent().complete_after, Some(5));
+    }
+
+    /// A read that finds events moves the relay to just before the first:
+    /// when publishing them fails (a broker outage), the next read starts
+    /// there instead of at the front of the log.
+    #[tokio::test]
+    async fn a_failed_publish_reads_again_from_the_first_waiting_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.db");
+        async fn write(store: &SqliteStore, n: i64, event: bool) -> Result<Written, DomainError> {
+            let person = NewPerson {
+                first_name: format!("P{n}"),
+                last_name: "L".into(),
+                age: n,
+                member: false,
+            };
+            let meta = WriteMeta {
+                request_id: Some(format!("request-{n}")),
+                event: event.then(Default::default),
+            };
+            store.write(WriteOp::Create(person), meta).await
+        }
+        let store = SqliteStore::open(&path, StoreOptions::default()).unwrap();
+        for n in 1..=4 {
+            write(&store, n, false).await.unwrap();
+        }
+        write(&store, 5, true).await.unwrap();
+        write(&store, 6, true).await.unwrap();
+        drop(store);
+        // A new process: memory vouches for nothing, the table is read.
+        let store = SqliteStore::open(&path, StoreOptions::default()).unwrap();
+        let claim = store.claim_outbox(10).await.unwrap();
+        let ids: Vec<i64> = claim.events().iter().map(|e| e.id).collect();
+        assert_eq!(ids, vec![5, 6]);
+        assert_eq!(store.inner.relayed.load(Ordering::Acquire), 4);
+        claim.finish(0).await.unwrap();
+        let again = store.claim_outbox(10).await.unwrap();
+        let ids: Vec<i64> = again.events().iter().map(|e| e.id).collect();
+        assert_eq!(ids, vec![5, 6], "nothing skipped");
+        again.finish(2).await.unwrap();
+        assert!(store.claim_outbox(10).await.unwrap().is_empty());
     }
 
     /// Before migrations ran under `BEGIN IMMEDIATE`, two instances opening

@@ -880,23 +880,30 @@ impl Writer {
 /// transaction; returns how many rows went.
 fn prune(conn: &mut Connection, cutoff: i64) -> rusqlite::Result<usize> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let removed = tx.execute(
-        // Records are in time order: the expired ones are the rows before
-        // the first one that is not (a clock that stepped back keeps a few
-        // a little longer), found by walking from the front. Not a row
-        // whose event waits to be published, nor the newest row (see
-        // migration 6): those stay, and stop answering for their requests.
-        "DELETE FROM write_log WHERE event_type IS NULL AND seq < coalesce(
-            (SELECT seq FROM write_log WHERE created_at > ?1 ORDER BY seq LIMIT 1),
-            (SELECT max(seq) FROM write_log))",
-        params![cutoff],
-    )?;
-    tx.execute(
-        "UPDATE write_log SET request_id = NULL, method = NULL
-         WHERE request_id IS NOT NULL AND seq < coalesce(
+    // Records are in time order: the expired ones are the rows before the
+    // first one that is not (a clock that stepped back keeps a few a
+    // little longer), found by walking from the front.
+    let first_live: Option<i64> = tx.query_row(
+        "SELECT coalesce(
             (SELECT seq FROM write_log WHERE created_at > ?1 ORDER BY seq LIMIT 1),
             (SELECT max(seq) FROM write_log) + 1)",
         params![cutoff],
+        |r| r.get(0),
+    )?;
+    let Some(first_live) = first_live else {
+        return Ok(0);
+    };
+    // Not a row whose event waits to be published, nor the newest row (see
+    // migration 6): those stay, and stop answering for their requests.
+    let removed = tx.execute(
+        "DELETE FROM write_log WHERE seq < ?1 AND event_type IS NULL
+            AND seq < (SELECT max(seq) FROM write_log)",
+        params![first_live],
+    )?;
+    tx.execute(
+        "UPDATE write_log SET request_id = NULL, method = NULL
+         WHERE seq < ?1 AND request_id IS NOT NULL",
+        params![first_live],
     )?;
     tx.commit()?;
     Ok(removed)
@@ -1227,6 +1234,7 @@ fn apply(statements: &mut Statements<'_>, op: &WriteOp) -> Result<Written, JobEr
 mod tests {
     use super::*;
     use crate::domain::NewPerson;
+    use crate::store::tests::{new, rpc};
 
     /// The first column of every row `sql` returns.
     fn column<T: rusqlite::types::FromSql>(conn: &Connection, sql: &str) -> Vec<T> {
@@ -1663,6 +1671,25 @@ mod tests {
         assert_eq!(cleared, vec![3], "the records keep their answers");
     }
 
+    /// Creates a person whose age (and name, `P{age}`) tells it apart.
+    async fn create_aged(
+        store: &SqliteStore,
+        age: i64,
+        meta: WriteMeta,
+    ) -> Result<Written, DomainError> {
+        store
+            .write(WriteOp::Create(new(&format!("P{age}"), age)), meta)
+            .await
+    }
+
+    /// An RPC write's metadata without an event: a request record alone.
+    fn record_only(n: i64) -> WriteMeta {
+        WriteMeta {
+            event: None,
+            ..rpc(&format!("request-{n}"))
+        }
+    }
+
     /// A request record whose event is published still answers its
     /// redelivery. Expired records go, but a row whose event still waits
     /// (or the newest row) stays, no longer answering for its request.
@@ -1671,17 +1698,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.db");
         async fn create(store: &SqliteStore, request: &str, age: i64) -> Written {
-            let person = NewPerson {
-                first_name: format!("P{age}"),
-                last_name: "L".into(),
-                age,
-                member: false,
-            };
-            let meta = WriteMeta {
-                request_id: Some(request.into()),
-                event: Some(Default::default()),
-            };
-            store.write(WriteOp::Create(person), meta).await.unwrap()
+            create_aged(store, age, rpc(request)).await.unwrap()
         }
         let store = SqliteStore::open(&path, StoreOptions::default()).unwrap();
         for (n, request) in ["a", "b", "c"].iter().enumerate() {
@@ -1736,18 +1753,8 @@ mod tests {
     async fn a_reused_correlation_id_keeps_the_earlier_event() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("p.db"), StoreOptions::default()).unwrap();
-        let meta = || WriteMeta {
-            request_id: Some("same".into()),
-            event: Some(Default::default()),
-        };
-        let person = NewPerson {
-            first_name: "Ada".into(),
-            last_name: "L".into(),
-            age: 36,
-            member: false,
-        };
-        let Written::Person(created) = store.write(WriteOp::Create(person), meta()).await.unwrap()
-        else {
+        let meta = || rpc("same");
+        let Written::Person(created) = create_aged(&store, 36, meta()).await.unwrap() else {
             panic!("a create answers with the person")
         };
         let deleted = store
@@ -1775,21 +1782,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("p.db"), StoreOptions::default()).unwrap();
         for n in 0..5 {
-            store
-                .write(
-                    WriteOp::Create(NewPerson {
-                        first_name: format!("P{n}"),
-                        last_name: "L".into(),
-                        age: n,
-                        member: false,
-                    }),
-                    WriteMeta {
-                        request_id: Some(format!("request-{n}")),
-                        event: None,
-                    },
-                )
-                .await
-                .unwrap();
+            create_aged(&store, n, record_only(n)).await.unwrap();
         }
         assert_eq!(store.inner.relayed.load(Ordering::Acquire), 0);
         assert!(store.claim_outbox(10).await.unwrap().is_empty());
@@ -1804,25 +1797,15 @@ mod tests {
     async fn a_failed_publish_reads_again_from_the_first_waiting_event() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.db");
-        async fn write(store: &SqliteStore, n: i64, event: bool) -> Result<Written, DomainError> {
-            let person = NewPerson {
-                first_name: format!("P{n}"),
-                last_name: "L".into(),
-                age: n,
-                member: false,
-            };
-            let meta = WriteMeta {
-                request_id: Some(format!("request-{n}")),
-                event: event.then(Default::default),
-            };
-            store.write(WriteOp::Create(person), meta).await
-        }
         let store = SqliteStore::open(&path, StoreOptions::default()).unwrap();
         for n in 1..=4 {
-            write(&store, n, false).await.unwrap();
+            create_aged(&store, n, record_only(n)).await.unwrap();
         }
-        write(&store, 5, true).await.unwrap();
-        write(&store, 6, true).await.unwrap();
+        for n in 5..=6 {
+            create_aged(&store, n, rpc(&format!("request-{n}")))
+                .await
+                .unwrap();
+        }
         drop(store);
         // A new process: memory vouches for nothing, the table is read.
         let store = SqliteStore::open(&path, StoreOptions::default()).unwrap();

@@ -65,7 +65,7 @@ on_both!(
     the_highest_id_deleted_is_not_handed_out_again,
 );
 
-fn new(first: &str, age: i64) -> NewPerson {
+pub(super) fn new(first: &str, age: i64) -> NewPerson {
     NewPerson::new(first.into(), "Test".into(), age, false).unwrap()
 }
 
@@ -73,7 +73,7 @@ fn none() -> WriteMeta {
     WriteMeta::default()
 }
 
-fn rpc(id: &str) -> WriteMeta {
+pub(super) fn rpc(id: &str) -> WriteMeta {
     WriteMeta {
         request_id: Some(id.to_owned()),
         event: Some(Default::default()),
